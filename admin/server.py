@@ -1,0 +1,25 @@
+"""The served app: `bot`'s app plus the admin router and page (the composition `faqbot serve` runs)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from bot.app import create_app
+from bot.settings import Settings
+from index.encoders import Encoder
+
+
+def build_app(settings: Settings | None = None, *, encoder: Encoder | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = create_app(settings, encoder=encoder)
+    try:
+        from admin.routes import install_admin
+    except ImportError:  # admin routes not installed in this build
+        return app
+    install_admin(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for `faqbot serve` (settings come from FAQBOT_* set by the CLI), one per worker."""
+    return build_app(Settings())

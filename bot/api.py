@@ -1,0 +1,173 @@
+"""Public HTTP routes: /chat, /feedback, /similarity, /v1/embeddings, /healthz, /readyz, /metrics.
+
+Routes are thin: validate, call `FaqService`, shape the JSON. Blocking work (encoding, SQLite)
+runs in FastAPI's thread pool because the handlers are plain `def`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from bot.errors import FaqbotError, error_body
+from bot.matcher import Decision
+from bot.metrics import Metrics
+from bot.schemas import ChatRequest, EmbeddingsRequest, FeedbackRequest, SimilarityRequest
+from bot.service import ChatResult, FaqService, NotReadyError
+from index.text import sanitize
+
+router = APIRouter()
+
+
+def get_service(request: Request) -> FaqService:
+    return request.app.state.service
+
+
+Service = Annotated[FaqService, Depends(get_service)]
+
+
+def _require_text(value: str, field: str, max_chars: int) -> str:
+    """Reject empty (after cleaning) and over-long text with a 422 that names the field."""
+    if len(value) > max_chars:
+        raise FaqbotError(422, "message_too_long", f"{field}: longer than {max_chars} characters")
+    if not sanitize(value):
+        raise FaqbotError(422, "empty_message", f"{field}: must contain some text")
+    return value
+
+
+def _ready(service: FaqService) -> None:
+    if not service.ready:
+        raise FaqbotError(503, "not_ready", service.load_error or "the index is still loading",
+                          headers={"Retry-After": "2"})
+
+
+def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
+    """The /chat JSON for one decision (also used by the webhooks' generic channel)."""
+    decision: Decision = result.decision
+    best = decision.best
+    body: dict[str, Any] = {
+        "matched": decision.matched,
+        "answer": result.answer if decision.matched else service.settings.fallback_answer,
+        "faq_id": decision.faq.id if decision.faq else None,
+        "question": decision.faq.question if decision.faq else None,
+        "similarity": round(best.similarity, 4) if best else None,
+        "percent": best.percent if best else None,
+        "threshold": round(decision.threshold, 4),
+        "alternatives": [c.as_dict() for c in (decision.candidates[1:] if decision.matched else decision.candidates)],
+        "miss_id": result.miss_id,
+        "index_version": result.index_version,
+    }
+    if decision.clarify:
+        body["clarify"] = [{"faq_id": c.faq_id, "question": c.question, "percent": c.percent} for c in decision.clarify]
+        body["answer"] = service.settings.clarify_prefix + "".join(
+            f"\n{i}. {c.question}" for i, c in enumerate(decision.clarify, 1)
+        )
+    if not decision.matched and service.settings.handoff_url:
+        body["handoff_url"] = service.settings.handoff_url
+    return body
+
+
+@router.post("/chat", tags=["chat"])
+def chat(body: ChatRequest, service: Service, request: Request) -> dict[str, Any]:
+    """Answer a customer question with the best FAQ, or the fallback (logged as a miss) below the threshold."""
+    _require_text(body.message, "message", service.settings.max_message_chars)
+    _ready(service)
+    try:
+        result = service.chat(body.message, channel=body.channel, session_id=body.session_id, tags=body.tags,
+                              top_k=body.top_k)
+    except NotReadyError as exc:
+        raise FaqbotError(503, "not_ready", str(exc), headers={"Retry-After": "2"}) from exc
+    metrics: Metrics = request.app.state.metrics
+    metrics.answers.labels("matched" if result.decision.matched else result.decision.reason, body.channel).inc()
+    return chat_response(result, service)
+
+
+@router.post("/feedback", tags=["chat"])
+def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
+    """Record 👍/👎 for an answer; a 👎 puts the question in the miss log for review."""
+    _require_text(body.message, "message", service.settings.max_message_chars)
+    clean = sanitize(body.message, service.settings.max_message_chars)
+    miss_id = None
+    if not body.helpful:
+        _ready(service)
+        decision = service.decide(clean)
+        record = service.miss_record(clean, decision, body.channel, body.session_id, service.index.version,
+                                     reason="feedback")
+        if body.faq_id:
+            record = record.__class__(**{**record.__dict__, "best_faq_id": body.faq_id})
+        miss_id = service.store.log_miss(record)
+    feedback_id = service.store.log_feedback(session_id=body.session_id, message=clean, faq_id=body.faq_id,
+                                             helpful=body.helpful, miss_id=miss_id)
+    return {"status": "success", "feedback_id": feedback_id, "miss_id": miss_id}
+
+
+@router.post("/similarity", tags=["similarity"])
+def similarity(body: SimilarityRequest, service: Service) -> dict[str, Any]:
+    """Semantic similarity of two sentences (raw cosine and calibrated percent), or of a batch of pairs."""
+    limit = service.settings.max_message_chars
+    if body.pairs is not None:
+        pairs = [(_require_text(a, f"pairs[{i}][0]", limit), _require_text(b, f"pairs[{i}][1]", limit))
+                 for i, (a, b) in enumerate(body.pairs)]
+        scores = service.similarity(pairs)
+        return {"status": "success", "results": [
+            {"sentence_a": a, "sentence_b": b, "similarity": round(cos, 4), "percent": pct, "status": "success"}
+            for (a, b), (cos, pct) in zip(pairs, scores, strict=True)
+        ]}
+    if body.sentence_a is None or body.sentence_b is None:
+        raise FaqbotError(422, "invalid_request", "give `sentence_a` and `sentence_b`, or `pairs`")
+    a = _require_text(body.sentence_a, "sentence_a", limit)
+    b = _require_text(body.sentence_b, "sentence_b", limit)
+    ((cos, pct),) = service.similarity([(a, b)])
+    return {"sentence_a": a, "sentence_b": b, "similarity": round(cos, 4), "percent": pct, "status": "success"}
+
+
+@router.post("/v1/embeddings", tags=["similarity"])
+def embeddings(body: EmbeddingsRequest, service: Service) -> dict[str, Any]:
+    """OpenAI-compatible embeddings of the configured encoder (L2-normalised)."""
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise FaqbotError(422, "invalid_request", "input: give at least one text")
+    if len(texts) > 256:
+        raise FaqbotError(422, "batch_too_large", "input: at most 256 texts per request")
+    limit = service.settings.max_message_chars
+    texts = [_require_text(t, f"input[{i}]", limit) for i, t in enumerate(texts)]
+    encoder = service.encoder
+    clean = [sanitize(t) for t in texts]
+    vectors = encoder.encode_queries(clean) if body.input_type == "query" else encoder.encode_passages(clean)
+    tokens = sum(len(t) for t in clean)  # characters as a cheap, deterministic usage figure
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+        "model": encoder.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz() -> dict[str, str]:
+    """The process is up (says nothing about the index)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+def readyz(service: Service) -> Response:
+    """200 once the index is loaded (with its version), 503 before or if loading failed."""
+    if not service.ready:
+        return JSONResponse(error_body("not_ready", service.load_error or "the index is still loading"),
+                            status_code=503, headers={"Retry-After": "2"})
+    index = service.index
+    return JSONResponse({"status": "ready", "index_version": index.version, "faqs": index.meta.n_faqs,
+                         "vectors": index.meta.n_vectors, "encoder": index.meta.encoder_name})
+
+
+@router.get("/metrics", tags=["ops"])
+def metrics(request: Request, service: Service) -> Response:
+    """Prometheus metrics of this process."""
+    m: Metrics = request.app.state.metrics
+    m.ready.set(1 if service.ready else 0)
+    m.index_info.clear()
+    if service.ready:
+        m.index_info.labels(service.index.version).set(1)
+    return Response(m.render(), media_type="text/plain; version=0.0.4")

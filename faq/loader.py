@@ -1,0 +1,265 @@
+"""Load and validate FAQ YAML with file:line:field errors.
+
+We walk PyYAML's composed node tree (safe: only standard tags) instead of `safe_load`'s plain
+dicts, because the nodes keep line marks: every problem can name its file, line and field.
+Aliases are never expanded beyond what the schema allows, so "billion laughs" files cost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from faq.schema import FAQ, ID_PATTERN, KnowledgeBase
+
+MAX_FILE_BYTES = 20 * 1024 * 1024
+STR_TAG = "tag:yaml.org,2002:str"
+NULL_TAG = "tag:yaml.org,2002:null"
+MAP_TAG = "tag:yaml.org,2002:map"
+SEQ_TAG = "tag:yaml.org,2002:seq"
+FLOAT_TAGS = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
+TOP_KEYS = {"version", "defaults", "faqs"}
+DEFAULT_KEYS = {"threshold"}
+FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold"}
+REQUIRED_FAQ_KEYS = ("id", "question", "answer")
+
+
+@dataclass(frozen=True)
+class KBProblem:
+    """One thing wrong with a KB, located for a human: `file:line: field: message`."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "field": self.field, "message": self.message}
+
+
+class KBError(Exception):
+    """A KB that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[KBProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems[:50])
+        more = f"\n… and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{len(problems)} problem(s) in the knowledge base:\n{lines}{more}")
+
+
+def kb_files(path: Path) -> list[Path]:
+    """The YAML files of a KB: the file itself, or every *.yaml/*.yml under a directory (golden tests excluded)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        return [p for p in files if p.stem != "tests"]
+    return [path]
+
+
+def load_kb(path: str | Path) -> KnowledgeBase:
+    """Load a KB file or directory; raise KBError listing every problem (file, line, field)."""
+    root = Path(path)
+    if not root.exists():
+        raise KBError([KBProblem(str(root), 0, "-", "no such file or directory")])
+    files = kb_files(root)
+    if not files:
+        raise KBError([KBProblem(str(root), 0, "-", "no .yaml files found")])
+    problems: list[KBProblem] = []
+    faqs: list[FAQ] = []
+    default_threshold: float | None = None
+    for file in files:
+        parsed = _load_file(file, problems)
+        if parsed is None:
+            continue
+        file_faqs, file_default = parsed
+        faqs.extend(file_faqs)
+        if file_default is not None:
+            default_threshold = file_default
+    seen: dict[str, FAQ] = {}
+    for f in faqs:
+        if f.id in seen:
+            first = seen[f.id]
+            problems.append(
+                KBProblem(str(f.source), f.line, "id", f"duplicate id {f.id!r} (first defined at {first.source}:{first.line})")
+            )
+        else:
+            seen[f.id] = f
+    if not faqs and not problems:
+        problems.append(KBProblem(str(root), 0, "faqs", "the knowledge base has no FAQs"))
+    if problems:
+        raise KBError(problems)
+    return KnowledgeBase(faqs=tuple(faqs), default_threshold=default_threshold, files=tuple(files))
+
+
+def _load_file(file: Path, problems: list[KBProblem]) -> tuple[list[FAQ], float | None] | None:
+    name = str(file)
+    try:
+        size = file.stat().st_size
+        if size > MAX_FILE_BYTES:
+            problems.append(KBProblem(name, 0, "-", f"file is {size} bytes, over the {MAX_FILE_BYTES} limit"))
+            return None
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(KBProblem(name, 0, "-", f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+        return None
+    except OSError as exc:
+        problems.append(KBProblem(name, 0, "-", f"cannot read: {exc.strerror}"))
+        return None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        problems.append(KBProblem(name, line, "-", f"YAML syntax error: {exc.problem or exc}"))
+        return None
+    except yaml.YAMLError as exc:
+        problems.append(KBProblem(name, 0, "-", f"YAML error: {exc}"))
+        return None
+    if root is None:
+        problems.append(KBProblem(name, 1, "-", "empty file"))
+        return None
+    return _FileReader(name, problems).read(root)
+
+
+class _FileReader:
+    """Turns one file's node tree into FAQs, appending problems instead of stopping at the first."""
+
+    def __init__(self, name: str, problems: list[KBProblem]) -> None:
+        self.name = name
+        self.problems = problems
+
+    def problem(self, node: yaml.Node | None, field: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 0
+        self.problems.append(KBProblem(self.name, line, field, message))
+
+    def mapping(self, node: yaml.Node, field: str, allowed: set[str]) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, field, f"expected a mapping, got {_kind(node)}")
+            return None
+        if node.tag != MAP_TAG:
+            self.problem(node, field, f"unsupported tag {node.tag!r} (only plain YAML is accepted)")
+            return None
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != STR_TAG:
+                self.problem(key_node, field, f"keys must be plain strings, got {_kind(key_node)}")
+                continue
+            key = key_node.value
+            path = f"{field}.{key}" if field != "-" else key
+            if key not in allowed:
+                self.problem(key_node, path, f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+                continue
+            if key in out:
+                self.problem(key_node, path, f"key {key!r} given twice")
+                continue
+            out[key] = (key_node, value_node)
+        return out
+
+    def string(self, node: yaml.Node, field: str, *, required: bool = True) -> str | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG and not required:
+            return None
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (STR_TAG, *FLOAT_TAGS):
+            self.problem(node, field, f"expected text, got {_kind(node)}")
+            return None
+        value = node.value.strip()
+        if not value:
+            self.problem(node, field, "must not be empty")
+            return None
+        return value
+
+    def number(self, node: yaml.Node, field: str) -> float | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return None
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in FLOAT_TAGS:
+            self.problem(node, field, f"expected a number between 0 and 1 or null, got {_kind(node)}")
+            return None
+        value = float(node.value)
+        if not 0.0 <= value <= 1.0:
+            self.problem(node, field, f"threshold must be between 0 and 1 (a cosine similarity), got {value}")
+            return None
+        return value
+
+    def string_list(self, node: yaml.Node, field: str) -> tuple[str, ...]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return ()
+        if not isinstance(node, yaml.SequenceNode) or node.tag != SEQ_TAG:
+            self.problem(node, field, f"expected a list, got {_kind(node)}")
+            return ()
+        items = [self.string(item, f"{field}[{i}]") for i, item in enumerate(node.value)]
+        return tuple(item for item in items if item is not None)
+
+    def read(self, root: yaml.Node) -> tuple[list[FAQ], float | None] | None:
+        top = self.mapping(root, "-", TOP_KEYS)
+        if top is None:
+            return None
+        if "version" not in top:
+            self.problem(root, "version", "missing (write `version: 1` at the top)")
+        else:
+            version_node = top["version"][1]
+            if not (isinstance(version_node, yaml.ScalarNode) and version_node.value == "1"):
+                self.problem(version_node, "version", "unsupported version (this faqbot reads version 1)")
+        default_threshold = None
+        if "defaults" in top:
+            defaults_node = top["defaults"][1]
+            if not (isinstance(defaults_node, yaml.ScalarNode) and defaults_node.tag == NULL_TAG):
+                defaults = self.mapping(defaults_node, "defaults", DEFAULT_KEYS)
+                if defaults and "threshold" in defaults:
+                    default_threshold = self.number(defaults["threshold"][1], "defaults.threshold")
+        if "faqs" not in top:
+            self.problem(root, "faqs", "missing (a list of FAQ entries)")
+            return None
+        faqs_node = top["faqs"][1]
+        if not isinstance(faqs_node, yaml.SequenceNode) or faqs_node.tag != SEQ_TAG:
+            self.problem(faqs_node, "faqs", f"expected a list, got {_kind(faqs_node)}")
+            return None
+        faqs = [self.faq(node, i) for i, node in enumerate(faqs_node.value)]
+        return [f for f in faqs if f is not None], default_threshold
+
+    def faq(self, node: yaml.Node, index: int) -> FAQ | None:
+        field = f"faqs[{index}]"
+        entry = self.mapping(node, field, FAQ_KEYS)
+        if entry is None:
+            return None
+        before = len(self.problems)
+        for key in REQUIRED_FAQ_KEYS:
+            if key not in entry:
+                self.problem(node, f"{field}.{key}", "missing (required)")
+        faq_id = self.string(entry["id"][1], f"{field}.id") if "id" in entry else None
+        if faq_id is not None:
+            field = f"faqs[{faq_id}]"
+            if not ID_PATTERN.match(faq_id):
+                self.problem(entry["id"][1], f"{field}.id", "bad id: use 1-64 of A-Z a-z 0-9 _ . -")
+        question = self.string(entry["question"][1], f"{field}.question") if "question" in entry else None
+        answer = self.string(entry["answer"][1], f"{field}.answer") if "answer" in entry else None
+        paraphrases = self.string_list(entry["paraphrases"][1], f"{field}.paraphrases") if "paraphrases" in entry else ()
+        tags = self.string_list(entry["tags"][1], f"{field}.tags") if "tags" in entry else ()
+        threshold = self.number(entry["threshold"][1], f"{field}.threshold") if "threshold" in entry else None
+        if len(self.problems) > before or faq_id is None or question is None or answer is None:
+            return None
+        return FAQ(
+            id=faq_id,
+            question=question,
+            answer=answer,
+            paraphrases=tuple(dict.fromkeys(p for p in paraphrases if p != question)),
+            tags=tags,
+            threshold=threshold,
+            source=Path(self.name),
+            line=node.start_mark.line + 1,
+        )
+
+
+def _kind(node: yaml.Node) -> str:
+    """A short human description of what a node is, for 'expected X, got Y' messages."""
+    standard = node.tag.startswith("tag:yaml.org,2002:")
+    if not standard or node.tag in ("tag:yaml.org,2002:python/object",):
+        return f"a value with unsupported tag {node.tag!r}"[:100]
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    kind = node.tag.rsplit(":", 1)[-1]
+    return f"{kind} {node.value!r}"[:60]

@@ -1,0 +1,55 @@
+"""The in-memory knowledge base (FAQ YAML version 1, see docs/DESIGN.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class FAQ:
+    """One FAQ entry; `source` and `line` say where it was written, for errors and edits."""
+
+    id: str
+    question: str
+    answer: str
+    paraphrases: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    threshold: float | None = None
+    source: Path | None = None
+    line: int = 0
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Every way this FAQ is asked: the canonical question first, then the paraphrases."""
+        return (self.question, *self.paraphrases)
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """All FAQs of one KB (a file or a directory of files), ids unique across files."""
+
+    faqs: tuple[FAQ, ...]
+    default_threshold: float | None = None
+    files: tuple[Path, ...] = field(default=())
+
+    def by_id(self) -> dict[str, FAQ]:
+        return {f.id: f for f in self.faqs}
+
+    def texts(self) -> list[tuple[str, str]]:
+        """(faq_id, text) for every question and paraphrase, in KB order: one index vector each."""
+        return [(f.id, t) for f in self.faqs for t in f.texts]
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of everything that changes the index or the answers (not comments or formatting)."""
+        payload = [
+            [f.id, f.question, list(f.paraphrases), f.answer, list(f.tags), f.threshold] for f in self.faqs
+        ]
+        blob = json.dumps([payload, self.default_threshold], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

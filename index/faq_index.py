@@ -1,0 +1,299 @@
+"""The FAISS index of a KB: build, publish atomically, load, search.
+
+Layout under `<data_dir>/index/`:
+  versions/<version>/vectors.faiss  IndexFlatIP over every question and paraphrase
+  versions/<version>/meta.json      encoder fingerprint, KB hash, counts, calibration, the FAQs
+  CURRENT                           the live version's name, replaced atomically (os.replace)
+
+A build writes a fresh version directory under a temporary name, fsyncs it, renames it into
+place and only then points CURRENT at it, so a crash or a broken KB never leaves a half-written
+index live, and every worker or replica sharing the directory sees one consistent version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from faq import FAQ, KnowledgeBase
+from index.calibration import Calibration, default_calibration
+from index.encoders import Encoder, encode_in_chunks
+
+FORMAT_VERSION = 1
+KEEP_VERSIONS = 3
+
+
+class IndexUnavailableError(Exception):
+    """An index that cannot be used: missing, half-written, or built by another encoder."""
+
+
+class StaleIndexError(IndexUnavailableError):
+    """The live index was built from another KB or encoder than the one configured."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One FAQ found for a query: its best vector's cosine and which text matched."""
+
+    faq_id: str
+    similarity: float
+    matched_text: str
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    version: str
+    encoder_name: str
+    fingerprint: str
+    dim: int
+    kb_hash: str
+    kb_path: str
+    n_faqs: int
+    n_vectors: int
+    built_at: str
+    build_seconds: float
+    calibration: Calibration
+    kb_default_threshold: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "format": FORMAT_VERSION,
+            "version": self.version,
+            "encoder": {"name": self.encoder_name, "fingerprint": self.fingerprint, "dim": self.dim},
+            "kb": {"hash": self.kb_hash, "path": self.kb_path, "faqs": self.n_faqs, "vectors": self.n_vectors,
+                   "default_threshold": self.kb_default_threshold},
+            "built_at": self.built_at,
+            "build_seconds": self.build_seconds,
+            "calibration": self.calibration.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IndexMeta:
+        return cls(
+            version=data["version"],
+            encoder_name=data["encoder"]["name"],
+            fingerprint=data["encoder"]["fingerprint"],
+            dim=int(data["encoder"]["dim"]),
+            kb_hash=data["kb"]["hash"],
+            kb_path=data["kb"]["path"],
+            n_faqs=int(data["kb"]["faqs"]),
+            n_vectors=int(data["kb"]["vectors"]),
+            built_at=data["built_at"],
+            build_seconds=float(data["build_seconds"]),
+            calibration=Calibration.from_dict(data["calibration"]),
+            kb_default_threshold=data["kb"].get("default_threshold"),
+        )
+
+
+class FaqIndex:
+    """Vectors of every FAQ text, the FAQs themselves, and how to read their scores."""
+
+    def __init__(self, meta: IndexMeta, faqs: Sequence[FAQ], row_faq: Sequence[int], row_text: Sequence[str],
+                 vectors: faiss.Index) -> None:
+        self.meta = meta
+        self.faqs = tuple(faqs)
+        self.faq_by_id = {f.id: f for f in self.faqs}
+        self.row_faq = np.asarray(row_faq, dtype=np.int64)
+        self.row_text = list(row_text)
+        self.vectors = vectors
+        self._rows_by_tag: dict[str, np.ndarray] = {}
+        for tag in {t for f in self.faqs for t in f.tags}:
+            faq_rows = {i for i, f in enumerate(self.faqs) if tag in f.tags}
+            self._rows_by_tag[tag] = np.array([r for r, fi in enumerate(self.row_faq) if fi in faq_rows], dtype=np.int64)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.meta.calibration
+
+    def search(self, queries: np.ndarray, top_k: int = 3, tags: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Top-k distinct FAQs per query row (an FAQ scores by its best vector)."""
+        n_rows = self.vectors.ntotal
+        if n_rows == 0 or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        params = None
+        allowed = n_rows
+        if tags:
+            rows = np.unique(np.concatenate([self._rows_by_tag.get(t, np.zeros(0, np.int64)) for t in tags]))
+            if rows.size == 0:
+                return [[] for _ in range(len(queries))]
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
+            allowed = int(rows.size)
+        # Several texts per FAQ: fetch enough rows that top_k distinct FAQs are almost always among them.
+        k_rows = min(allowed, max(top_k * 8, 32))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, ids = self.vectors.search(queries, k_rows, params=params)
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits: list[Hit] = []
+            seen: set[int] = set()
+            for score, row in zip(row_scores, row_ids, strict=True):
+                if row < 0:
+                    continue
+                faq_pos = int(self.row_faq[row])
+                if faq_pos in seen:
+                    continue
+                seen.add(faq_pos)
+                hits.append(Hit(self.faqs[faq_pos].id, float(min(1.0, score)), self.row_text[row]))
+                if len(hits) == top_k:
+                    break
+            results.append(hits)
+        return results
+
+
+def new_version(kb_hash: str) -> str:
+    """Sortable, unique-enough version name: UTC time to the millisecond + KB hash prefix."""
+    now = datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{kb_hash[:8]}"
+
+
+def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calibration: Calibration | None = None,
+                progress: Callable[[int], None] | None = None) -> FaqIndex:
+    """Encode every question and paraphrase of `kb` into a new in-memory index."""
+    started = time.perf_counter()
+    pairs = kb.texts()
+    positions = {f.id: i for i, f in enumerate(kb.faqs)}
+    texts = [text for _, text in pairs]
+    matrix = encode_in_chunks(encoder.encode_passages, texts, encoder.dim, progress=progress)
+    flat = faiss.IndexFlatIP(encoder.dim)
+    if len(matrix):
+        flat.add(np.ascontiguousarray(matrix, dtype=np.float32))
+    meta = IndexMeta(
+        version=new_version(kb.content_hash),
+        encoder_name=encoder.name,
+        fingerprint=encoder.fingerprint,
+        dim=encoder.dim,
+        kb_hash=kb.content_hash,
+        kb_path=kb_path,
+        n_faqs=len(kb.faqs),
+        n_vectors=len(texts),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        build_seconds=round(time.perf_counter() - started, 3),
+        calibration=calibration or default_calibration(encoder.fingerprint),
+        kb_default_threshold=kb.default_threshold,
+    )
+    return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, flat)
+
+
+def _faq_to_dict(f: FAQ) -> dict[str, object]:
+    return {"id": f.id, "question": f.question, "paraphrases": list(f.paraphrases), "answer": f.answer,
+            "tags": list(f.tags), "threshold": f.threshold, "source": str(f.source or ""), "line": f.line}
+
+
+def _faq_from_dict(d: dict) -> FAQ:
+    return FAQ(id=d["id"], question=d["question"], answer=d["answer"], paraphrases=tuple(d["paraphrases"]),
+               tags=tuple(d["tags"]), threshold=d["threshold"], source=Path(d["source"]) if d["source"] else None,
+               line=int(d["line"]))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def index_root(data_dir: Path) -> Path:
+    return Path(data_dir) / "index"
+
+
+def publish_index(index: FaqIndex, data_dir: Path) -> Path:
+    """Write `index` as a new version and make it live atomically; prune old versions."""
+    root = index_root(data_dir)
+    versions = root / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=versions))
+    try:
+        _write_file(staging / "vectors.faiss", faiss.serialize_index(index.vectors).tobytes())
+        payload = {
+            **index.meta.to_dict(),
+            "faqs": [_faq_to_dict(f) for f in index.faqs],
+            "rows": {"faq": index.row_faq.tolist(), "text": index.row_text},
+        }
+        _write_file(staging / "meta.json", json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        _fsync_dir(staging)
+        final = versions / index.version
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    pointer_tmp = root / f".CURRENT.{os.getpid()}.tmp"
+    _write_file(pointer_tmp, index.version.encode())
+    os.replace(pointer_tmp, root / "CURRENT")
+    _fsync_dir(root)
+    _prune(versions, keep=index.version)
+    return final
+
+
+def _prune(versions: Path, keep: str) -> None:
+    """Keep the newest few versions (other workers may still be reading one); drop stale builds."""
+    done = sorted((p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    for old in done[:-KEEP_VERSIONS]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for leftover in versions.glob(".build-*"):
+        if time.time() - leftover.stat().st_mtime > 3600:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def live_version(data_dir: Path) -> str | None:
+    """The published version name, or None if nothing was ever published."""
+    try:
+        return (index_root(data_dir) / "CURRENT").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def load_index(data_dir: Path, version: str | None = None) -> FaqIndex:
+    """Load the live (or a given) version; IndexUnavailableError if missing or incomplete."""
+    version = version or live_version(data_dir)
+    if not version:
+        raise IndexUnavailableError(f"no index in {index_root(data_dir)}: run `faqbot build` first")
+    folder = index_root(data_dir) / "versions" / version
+    try:
+        payload = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        vectors = faiss.deserialize_index(np.fromfile(folder / "vectors.faiss", dtype=np.uint8))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise IndexUnavailableError(f"index version {version} in {folder} cannot be read: {exc}") from exc
+    if payload.get("format") != FORMAT_VERSION:
+        raise IndexUnavailableError(f"index version {version} has format {payload.get('format')}, expected {FORMAT_VERSION}")
+    meta = IndexMeta.from_dict(payload)
+    if vectors.ntotal != meta.n_vectors:
+        raise IndexUnavailableError(f"index version {version} is incomplete ({vectors.ntotal} of {meta.n_vectors} vectors)")
+    faqs = [_faq_from_dict(d) for d in payload["faqs"]]
+    return FaqIndex(meta, faqs, payload["rows"]["faq"], payload["rows"]["text"], vectors)
+
+
+def check_compatible(index: FaqIndex, encoder: Encoder, kb: KnowledgeBase | None = None) -> None:
+    """Refuse an index built by another encoder (or from another KB), with a message saying what to do."""
+    if index.meta.fingerprint != encoder.fingerprint:
+        raise StaleIndexError(
+            f"index {index.version} was built with encoder {index.meta.fingerprint!r}, "
+            f"but the configured encoder is {encoder.fingerprint!r}: run `faqbot build` to rebuild it"
+        )
+    if kb is not None and index.meta.kb_hash != kb.content_hash:
+        raise StaleIndexError(
+            f"index {index.version} was built from another version of the KB "
+            f"(hash {index.meta.kb_hash}, KB now {kb.content_hash}): run `faqbot build` to rebuild it"
+        )
