@@ -29,6 +29,25 @@ class Settings(BaseSettings):
     passage_prompt: str | None = Field(None, description="Prefix put before KB texts (default: per `kb_prefix`).")
     max_seq_length: int = Field(512, ge=8, le=8192, description="Longest input in tokens; longer text is truncated.")
     encoder_threads: int = Field(1, ge=1, le=64, description="Threads per encoder (per worker process). 1 per process is steadiest on a shared box.")
+    # --- hot path (docs/performance.md) ---
+    max_batch: int = Field(
+        16, ge=1, le=256, description="Most questions the encoder worker encodes in one call; 1 = no micro-batching (each request encodes on its own)."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=100, description="Longest the encoder worker waits for more questions to join a batch (only while more are expected)."
+    )
+    queue_size: int = Field(
+        256, ge=1, le=100_000, description="Questions waiting for the encoder; past this /chat answers 503 at once instead of queueing."
+    )
+    cache_size: int = Field(
+        10_000, ge=0, le=10_000_000, description="Query embeddings kept in the LRU cache, keyed by the normalised question; 0 = off."
+    )
+    exact_match: bool = Field(
+        True, description="Skip the encoder when the normalised question equals an FAQ question or paraphrase (needs `kb_prefix=query`)."
+    )
+    log_flush_ms: float = Field(
+        50.0, ge=0, le=5000, description="Chat-log rows are committed in batches at most this long after they arrive; misses commit at once."
+    )
     threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Cosine threshold for answering; empty = the KB's `defaults.threshold`, else the calibrated one."
     )
@@ -40,14 +59,53 @@ class Settings(BaseSettings):
     )
     clarify_prefix: str = Field("您是想问以下哪个问题？", description="Text shown before the choices when two FAQs are too close to call.")
     handoff_url: str | None = Field(None, description="Optional “转人工” link shown by the chat widget with the fallback answer.")
+    widget_title: str = Field("在线客服", max_length=40, description="Chat widget header (a page can override it with `data-title` on the script tag).")
+    widget_greeting: str = Field(
+        "您好，我是智能客服，请问有什么可以帮您？", max_length=500,
+        description="First message the chat widget shows (override with `data-greeting`).",
+    )
     cors_origins: list[str] = Field(["*"], description="Origins allowed to call the API from a browser (JSON list).")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the miss log; default SQLite `<data_dir>/faqbot.db`.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for `/admin/...`; unset = admin API and page are off (404).")
     auto_build: bool = Field(True, description="Build the index at start-up when it is missing or stale (else refuse to serve it).")
+    watch_kb: bool = Field(
+        False, description="Rebuild the index (gated by the golden questions, like `POST /admin/reload`) when a KB file changes; polls every 2 s."
+    )
     host: str = Field("127.0.0.1", description="Address `faqbot serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `faqbot serve` binds.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes for `faqbot serve`.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+
+    # --- messaging channels (docs/channels.md): a channel is on when all its secrets are set ---
+    webhook_secret: SecretStr | None = Field(
+        None, description="`generic` webhook: HMAC-SHA256 key of `X-Faqbot-Signature` (unset = `/webhooks/generic` is off)."
+    )
+    webhook_max_age_seconds: int = Field(
+        300, ge=30, le=3600, description="Signed webhooks with a timestamp further than this from now are refused as stale (DingTalk: its documented 1 hour)."
+    )
+    webhook_event_ttl_seconds: int = Field(
+        86400, ge=3600, le=30 * 86400, description="How long delivered event ids are kept in the database to drop platform retries and replays."
+    )
+    wecom_token: SecretStr | None = Field(None, description="WeCom (企业微信) app callback Token.")
+    wecom_aes_key: SecretStr | None = Field(None, description="WeCom callback EncodingAESKey (43 characters).")
+    wecom_corp_id: str | None = Field(None, description="WeCom CorpID (企业ID); decrypted messages must carry it.")
+    wechat_token: SecretStr | None = Field(None, description="WeChat Official Account (公众号) server Token.")
+    wechat_aes_key: SecretStr | None = Field(None, description="WeChat Official Account EncodingAESKey (43 characters; safe mode).")
+    wechat_app_id: str | None = Field(None, description="WeChat Official Account AppID; decrypted messages must carry it.")
+    dingtalk_app_secret: SecretStr | None = Field(None, description="DingTalk (钉钉) internal robot AppSecret, key of the outgoing `sign`.")
+    feishu_verification_token: SecretStr | None = Field(None, description="Feishu/Lark event subscription Verification Token.")
+    feishu_encrypt_key: SecretStr | None = Field(None, description="Feishu/Lark Encrypt Key (events are encrypted and signed with it).")
+    feishu_app_id: str | None = Field(None, description="Feishu/Lark App ID (for replies through the API).")
+    feishu_app_secret: SecretStr | None = Field(None, description="Feishu/Lark App Secret (for replies through the API).")
+    feishu_api_base: str = Field("https://open.feishu.cn", description="Feishu API base URL (Lark: https://open.larksuite.com).")
+    slack_signing_secret: SecretStr | None = Field(None, description="Slack app Signing Secret.")
+    slack_bot_token: SecretStr | None = Field(None, description="Slack Bot User OAuth Token (`xoxb-...`) for `chat.postMessage`.")
+    slack_api_base: str = Field("https://slack.com/api", description="Slack Web API base URL.")
+    telegram_secret_token: SecretStr | None = Field(None, description="Telegram `secret_token` given to setWebhook; checked on every update.")
+    telegram_bot_token: SecretStr | None = Field(None, description="Telegram bot token (optional: its bot id lets group replies to the bot count as questions).")
+    outbound_timeout_seconds: float = Field(10.0, gt=0, le=120, description="Timeout of one outbound call to a platform API (Feishu, Slack).")
+    outbound_attempts: int = Field(4, ge=1, le=10, description="Tries per outbound reply before it is kept as a dead letter.")
+    outbound_backoff_seconds: float = Field(1.0, ge=0, le=60, description="First retry delay of outbound replies; doubles per try.")
 
     @field_validator("admin_token")
     @classmethod
@@ -57,6 +115,34 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 12:
             raise ValueError("FAQBOT_ADMIN_TOKEN must be at least 12 characters (use e.g. `openssl rand -hex 16`)")
         return value
+
+    @field_validator(
+        "webhook_secret", "wecom_token", "wecom_aes_key", "wechat_token", "wechat_aes_key", "dingtalk_app_secret",
+        "feishu_verification_token", "feishu_encrypt_key", "feishu_app_secret", "slack_signing_secret",
+        "slack_bot_token", "telegram_secret_token", "telegram_bot_token", mode="after",
+    )
+    @classmethod
+    def _empty_secret_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty env var (`FAQBOT_SLACK_BOT_TOKEN=`) leaves its channel off instead of enabling it half-configured."""
+        return None if value is not None and value.get_secret_value().strip() == "" else value
+
+    @field_validator("wecom_aes_key", "wechat_aes_key", mode="after")
+    @classmethod
+    def _check_encoding_aes_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Fail at start-up, not on the first message, when an EncodingAESKey was pasted wrong."""
+        if value is None:
+            return None
+        import base64
+        import binascii
+
+        key = value.get_secret_value().strip()
+        try:
+            ok = len(key) == 43 and len(base64.b64decode(key + "=", validate=True)) == 32
+        except binascii.Error:
+            ok = False
+        if not ok:
+            raise ValueError("an EncodingAESKey is 43 base64 characters (copy it from the platform console)")
+        return SecretStr(key)
 
     @property
     def resolved_database_url(self) -> str:

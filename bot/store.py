@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
+    case,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -32,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import IntegrityError
 
 metadata = MetaData()
 
@@ -79,6 +83,35 @@ feedback = Table(
     Column("faq_id", String(64)),
     Column("helpful", Boolean, nullable=False),
     Column("miss_id", Integer),
+)
+
+# Platform deliveries already handled (event ids, and signatures of signed requests): a retry or a
+# replay inserts the same (platform, event_id) again and hits the unique constraint, atomically
+# across worker processes. `reply` keeps what the first delivery answered, for retries of
+# platforms that take the answer from the HTTP response.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("platform", String(32), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("reply", Text),
+    UniqueConstraint("platform", "event_id", name="uq_webhook_events_platform_event"),
+)
+
+# Outbound replies the platform never accepted (after all retries), kept so nothing is lost silently.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("platform", String(32), nullable=False, index=True),
+    Column("event_id", String(200)),
+    Column("target", Text, nullable=False),  # the API URL the reply was for
+    Column("payload", Text, nullable=False),  # JSON body that was not delivered (no credentials)
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text, nullable=False),
 )
 
 
@@ -194,6 +227,122 @@ class Store:
     def count_misses(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(misses)).scalar_one())
+
+    # --- the improvement loop (admin/misses.py, admin/stats.py) ----------------------------------
+    def misses_by_ids(self, miss_ids: Sequence[int]) -> list[dict[str, Any]]:
+        query = select(misses).where(misses.c.id.in_(list(miss_ids))).order_by(misses.c.id)
+        with self.engine.connect() as conn:
+            return [_miss_dict(r) for r in conn.execute(query).mappings()]
+
+    def update_miss_status(self, miss_ids: Sequence[int], *, from_statuses: Sequence[str], status: str, action: str,
+                           faq_id: str | None) -> list[int]:
+        """Move only the misses still in `from_statuses` (two admins resolving at once: one wins); their ids."""
+        with self.engine.begin() as conn:
+            ids = [int(i) for i in conn.execute(select(misses.c.id).where(
+                misses.c.id.in_(list(miss_ids)), misses.c.status.in_(list(from_statuses)))).scalars()]
+            if ids:
+                conn.execute(update(misses).where(misses.c.id.in_(ids), misses.c.status.in_(list(from_statuses)))
+                             .values(status=status, resolved_action=action, resolved_faq_id=faq_id,
+                                     resolved_at=utcnow()))
+            return ids
+
+    def miss_status_counts(self) -> dict[str, int]:
+        query = select(misses.c.status, func.count()).group_by(misses.c.status)
+        with self.engine.connect() as conn:
+            return {str(status): int(n) for status, n in conn.execute(query)}
+
+    def chat_counts_by_hour(self, since: datetime, until: datetime) -> list[tuple[datetime, int, int]]:
+        """(UTC hour, questions, answered) for every hour with traffic; callers fold hours into local days."""
+        if self.engine.dialect.name == "sqlite":
+            hour = func.strftime("%Y-%m-%d %H:00:00", chat_log.c.created_at)
+        else:
+            hour = func.date_trunc("hour", chat_log.c.created_at)
+        answered = func.sum(case((chat_log.c.matched.is_(True), 1), else_=0))
+        query = (select(hour.label("hour"), func.count().label("questions"), answered.label("answered"))
+                 .where(chat_log.c.created_at >= since, chat_log.c.created_at < until)
+                 .group_by(hour).order_by(hour))
+        out = []
+        with self.engine.connect() as conn:
+            for bucket, questions, n_answered in conn.execute(query):
+                when = datetime.fromisoformat(bucket) if isinstance(bucket, str) else bucket
+                out.append((when if when.tzinfo else when.replace(tzinfo=UTC), int(questions), int(n_answered or 0)))
+        return out
+
+    def top_matched_faqs(self, since: datetime, until: datetime, limit: int = 10) -> list[tuple[str, int]]:
+        query = (select(chat_log.c.faq_id, func.count().label("n"))
+                 .where(chat_log.c.matched.is_(True), chat_log.c.faq_id.is_not(None),
+                        chat_log.c.created_at >= since, chat_log.c.created_at < until)
+                 .group_by(chat_log.c.faq_id).order_by(func.count().desc(), chat_log.c.faq_id).limit(limit))
+        with self.engine.connect() as conn:
+            return [(str(faq_id), int(n)) for faq_id, n in conn.execute(query)]
+
+    def feedback_counts(self, since: datetime, until: datetime) -> list[tuple[str | None, int, int]]:
+        """(faq_id, thumbs up, thumbs down) per FAQ that got feedback in the window."""
+        down = func.sum(case((feedback.c.helpful.is_(False), 1), else_=0))
+        up = func.sum(case((feedback.c.helpful.is_(True), 1), else_=0))
+        query = (select(feedback.c.faq_id, up, down)
+                 .where(feedback.c.created_at >= since, feedback.c.created_at < until)
+                 .group_by(feedback.c.faq_id))
+        with self.engine.connect() as conn:
+            return [(faq_id, int(n_up or 0), int(n_down or 0)) for faq_id, n_up, n_down in conn.execute(query)]
+
+    # --- webhook deliveries (bot/channels) --------------------------------------------------------
+    def claim_event(self, platform: str, event_id: str, *, ttl_seconds: float) -> bool:
+        """Record a delivery; False if it was already recorded within the TTL (a retry or replay)."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=ttl_seconds)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(webhook_events).where(
+                    webhook_events.c.platform == platform, webhook_events.c.event_id == event_id,
+                    webhook_events.c.created_at < cutoff))
+                conn.execute(insert(webhook_events).values(platform=platform, event_id=event_id, created_at=now))
+        except IntegrityError:
+            return False
+        return True
+
+    def release_event(self, platform: str, event_id: str) -> None:
+        """Forget a delivery that could not be handled, so the platform's retry is answered."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(webhook_events).where(webhook_events.c.platform == platform,
+                                                      webhook_events.c.event_id == event_id))
+
+    def set_event_reply(self, platform: str, event_id: str, reply: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(webhook_events).where(webhook_events.c.platform == platform,
+                                                      webhook_events.c.event_id == event_id).values(reply=reply))
+
+    def event_reply(self, platform: str, event_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(webhook_events.c.reply).where(
+                webhook_events.c.platform == platform, webhook_events.c.event_id == event_id)).scalar()
+
+    def purge_events(self, *, ttl_seconds: float) -> int:
+        """Drop delivery records older than the TTL; returns how many."""
+        cutoff = utcnow() - timedelta(seconds=ttl_seconds)
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(webhook_events).where(webhook_events.c.created_at < cutoff))
+            return int(result.rowcount or 0)
+
+    def add_dead_letter(self, *, platform: str, event_id: str | None, target: str, payload: object, attempts: int,
+                        error: str) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(dead_letters).values(
+                created_at=utcnow(), platform=platform, event_id=event_id, target=target,
+                payload=json.dumps(payload, ensure_ascii=False), attempts=attempts, error=error[:2000]))
+            return int(result.inserted_primary_key[0])
+
+    def list_dead_letters(self, *, platform: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+        if platform:
+            query = query.where(dead_letters.c.platform == platform)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for row in rows:
+            row["payload"] = json.loads(row["payload"])
+            created = row["created_at"]
+            row["created_at"] = (created if created.tzinfo else created.replace(tzinfo=UTC)).isoformat(timespec="seconds")
+        return rows
 
 
 def _miss_dict(row: Any) -> dict[str, Any]:
