@@ -1,0 +1,135 @@
+"""Find KB problems before customers do: duplicates, FAQs the bot may confuse, misplaced paraphrases.
+
+Everything is measured with the encoder and calibration the bot answers with, so "confusable"
+means what it says: a text of one FAQ is as close to a text of another as the answer threshold,
+so a customer asking near either may get the wrong one (or a clarifying question).
+Nearest neighbours come from a FAISS search (k per text), so a KB of many thousand texts lints in
+seconds without an n x n matrix.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import faiss
+import numpy as np
+
+from faq import FAQ, KnowledgeBase
+from index.calibration import Calibration, default_calibration
+from index.encoders import Encoder, encode_in_chunks
+from index.faq_index import FaqIndex
+from index.text import match_key
+
+NEIGHBOURS = 32
+WITHIN_QUANTILE = 0.75
+
+
+def kb_vectors(kb: KnowledgeBase, encoder: Encoder, live: FaqIndex | None = None) -> np.ndarray:
+    """One vector per KB text (kb.texts() order): the live index's own if it was built from this KB."""
+    if (live is not None and live.meta.kb_hash == kb.content_hash and live.meta.fingerprint == encoder.fingerprint
+            and live.vectors.ntotal == len(kb.texts())):
+        return live.vectors.reconstruct_n(0, live.vectors.ntotal)
+    texts = [text for _, text in kb.texts()]
+    return encode_in_chunks(encoder.encode_passages, texts, encoder.dim)
+
+
+def _where(faq: FAQ) -> dict[str, object]:
+    return {"faq_id": faq.id, "file": str(faq.source or ""), "line": faq.line}
+
+
+def lint_kb(kb: KnowledgeBase, encoder: Encoder, *, answer_threshold: float, min_similarity: float | None = None,
+            calibration: Calibration | None = None, live: FaqIndex | None = None) -> dict[str, Any]:
+    """Every finding of the three checks, most severe first; `ok` when there are none.
+
+    Two FAQs are confusable when a text of one is at least `min_similarity` (cosine) from a text of
+    the other. By default that is the answer threshold or, if higher, how close three quarters of
+    this KB's own paraphrase pairs are: for this encoder, "as alike as two wordings of one FAQ".
+    """
+    calibration = calibration or default_calibration(encoder.fingerprint)
+    pairs = kb.texts()
+    by_id = kb.by_id()
+    texts = [t for _, t in pairs]
+    owners = [fid for fid, _ in pairs]
+    is_question = [by_id[fid].question == t for fid, t in pairs]
+
+    duplicates = []
+    rows_by_key: dict[str, list[int]] = defaultdict(list)
+    for row, text in enumerate(texts):
+        rows_by_key[match_key(text)].append(row)
+    for rows in rows_by_key.values():
+        if len(rows) > 1:
+            duplicates.append({
+                "text": texts[rows[0]],
+                "occurrences": [{**_where(by_id[owners[r]]), "text": texts[r],
+                                 "field": "question" if is_question[r] else "paraphrases"} for r in rows],
+                "same_faq": len({owners[r] for r in rows}) == 1,
+            })
+    duplicates.sort(key=lambda d: (d["same_faq"], d["text"]))
+
+    vectors = np.ascontiguousarray(kb_vectors(kb, encoder, live), dtype=np.float32)
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    k = min(len(texts), NEIGHBOURS)
+    scores, neighbours = flat.search(vectors, k)
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for row, fid in enumerate(owners):
+        rows_of[fid].append(row)
+    within = [float(vectors[a] @ vectors[b]) for rows in rows_of.values()
+              for i, a in enumerate(rows) for b in rows[i + 1 :]]
+    paraphrase_level = float(np.quantile(within, WITHIN_QUANTILE)) if within else answer_threshold
+    if min_similarity is None:
+        min_similarity = max(answer_threshold, paraphrase_level)
+
+    confusable: dict[tuple[str, str], dict[str, Any]] = {}
+    misplaced = []
+    for row in range(len(texts)):
+        own_faq = owners[row]
+        other: tuple[float, int] | None = None
+        for score, j in zip(scores[row], neighbours[row], strict=True):
+            if j < 0 or j == row or owners[j] == own_faq or match_key(texts[j]) == match_key(texts[row]):
+                continue
+            if other is None:
+                other = (float(score), int(j))
+            if score >= min_similarity:
+                key = tuple(sorted((own_faq, owners[j])))
+                found = confusable.get(key)
+                if found is None or score > found["similarity"]:
+                    a_row, b_row = (row, j) if key[0] == own_faq else (j, row)
+                    confusable[key] = {"faq_a": key[0], "faq_b": key[1], "similarity": round(float(score), 4),
+                                       "percent": float(calibration.percent(float(score))),
+                                       "text_a": texts[a_row], "text_b": texts[b_row]}
+        if is_question[row] or other is None:
+            continue
+        siblings = [r for r in rows_of[own_faq] if r != row]
+        if not siblings:
+            continue
+        own_scores = vectors[siblings] @ vectors[row]
+        best_sibling = int(np.argmax(own_scores))
+        own_best = float(own_scores[best_sibling])
+        if other[0] > own_best:
+            misplaced.append({
+                **_where(by_id[own_faq]), "text": texts[row], "gap": round(other[0] - own_best, 4),
+                "own": {"similarity": round(own_best, 4), "percent": float(calibration.percent(own_best)),
+                        "text": texts[siblings[best_sibling]]},
+                "closer": {"faq_id": owners[other[1]], "similarity": round(other[0], 4),
+                           "percent": float(calibration.percent(other[0])), "text": texts[other[1]]},
+            })
+    confusable_list = sorted(confusable.values(), key=lambda c: -c["similarity"])
+    for item in confusable_list:
+        item["files"] = sorted({str(by_id[item["faq_a"]].source or ""), str(by_id[item["faq_b"]].source or "")})
+    misplaced.sort(key=lambda m: -m["gap"])
+    return {
+        "ok": not (duplicates or confusable_list or misplaced),
+        "kb_hash": kb.content_hash,
+        "faqs": len(kb.faqs),
+        "texts": len(texts),
+        "min_similarity": round(float(min_similarity), 4),
+        "answer_threshold": round(float(answer_threshold), 4),
+        "paraphrase_similarity_p75": round(paraphrase_level, 4),
+        "min_percent": float(calibration.percent(float(min_similarity))),
+        "counts": {"duplicates": len(duplicates), "confusable": len(confusable_list), "misplaced": len(misplaced)},
+        "duplicates": duplicates,
+        "confusable": confusable_list,
+        "misplaced": misplaced,
+    }

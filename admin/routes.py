@@ -1,0 +1,266 @@
+"""Admin HTTP API under /admin: misses, resolve, reload, index, lint, stats (docs/admin.md).
+
+Every route needs `Authorization: Bearer $FAQBOT_ADMIN_TOKEN` (compared in constant time). With
+no token configured the routes answer exactly like a path that does not exist (404), so a
+public deployment shows no admin surface at all. Authentication runs before a request body is
+even read: an unauthorised call gets 401/404 whatever it sends, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from admin.lint import lint_kb
+from admin.misses import (
+    MissFilter,
+    Resolution,
+    VectorCache,
+    cluster_misses,
+    export,
+    fetch_misses,
+    parse_when,
+    resolve,
+)
+from admin.rebuild import KbWatcher, Rebuilder, golden_file, published_meta
+from admin.stats import compute_stats
+from bot.errors import FaqbotError
+from bot.service import FaqService
+from faq import KBError, load_kb
+from index.faq_index import live_version
+
+
+@dataclass
+class AdminState:
+    """What the admin routes share per app: the rebuilder (one lock per data dir) and cached vectors."""
+
+    service: FaqService
+    rebuilder: Rebuilder
+    vectors: VectorCache
+
+
+def _admin(request: Request) -> AdminState:
+    return request.app.state.admin
+
+
+def require_admin(request: Request) -> None:
+    """404 when the admin API is off, 401 without the right Bearer token."""
+    token = request.app.state.settings.admin_token
+    if token is None:
+        raise FaqbotError(404, "not_found", "Not Found")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode("utf-8")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), expected):
+        raise FaqbotError(401, "unauthorized", "missing or wrong admin token (send `Authorization: Bearer <token>`)",
+                          headers={"WWW-Authenticate": 'Bearer realm="faqbot-admin"'})
+
+
+Admin = Annotated[AdminState, Depends(_admin)]
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def json_body(model: type[Body]) -> Callable[[Request], Awaitable[Body]]:
+    """A dependency that reads the body only after `require_admin` passed (FastAPI parses declared
+    bodies before any dependency runs, which would answer an unauthenticated caller with a 400)."""
+
+    async def read(request: Request) -> Body:
+        raw = await request.body()
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise FaqbotError(400, "invalid_json", "the request body is not valid JSON") from exc
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+
+    return read
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _ready(service: FaqService) -> None:
+    if not service.ready:
+        raise FaqbotError(503, "not_ready", service.load_error or "the index is still loading",
+                          headers={"Retry-After": "2"})
+
+
+def _filters(status: str, channel: str | None, since: str | None, until: str | None) -> MissFilter:
+    return MissFilter(status=None if status == "all" else status, channel=channel or None,
+                      since=parse_when(since), until=parse_when(until, end=True))
+
+
+StatusParam = Annotated[str, Query(pattern="^(open|resolved|ignored|all)$", description="open, resolved, ignored or all")]
+SinceParam = Annotated[str | None, Query(description="From this day (YYYY-MM-DD) or ISO time, UTC unless it has an offset")]
+UntilParam = Annotated[str | None, Query(description="Up to and including this day, or before this ISO time")]
+
+
+@router.get("/misses")
+def list_misses(admin: Admin, status: StatusParam = "open", channel: str | None = None, since: SinceParam = None,
+                until: UntilParam = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                offset: Annotated[int, Query(ge=0)] = 0,
+                threshold: Annotated[float | None, Query(ge=0.0, le=1.0,
+                                                         description="Cluster cosine (default: the answer threshold)")] = None,
+                ) -> dict[str, Any]:
+    """Unanswered questions grouped into clusters of the same question, most frequent first."""
+    _ready(admin.service)
+    filters = _filters(status, channel, since, until)
+    result = cluster_misses(admin.service, fetch_misses(admin.service, filters), cache=admin.vectors,
+                            threshold=threshold)
+    result["clusters"] = result["clusters"][offset : offset + limit]
+    return {"status": "success", "filters": filters.as_dict(), "offset": offset, "limit": limit, **result}
+
+
+@router.get("/misses/export")
+def export_misses(admin: Admin, export_format: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv",
+                  kind: Annotated[Literal["clusters", "raw", "training"], Query()] = "clusters",
+                  status: StatusParam = "open", channel: str | None = None, since: SinceParam = None,
+                  until: UntilParam = None) -> Response:
+    """Download misses as CSV/JSONL: clusters, one row per miss (`raw`), or training pairs (`training`)."""
+    _ready(admin.service)
+    body, media_type = export(admin.service, _filters(status, channel, since, until), fmt=export_format, kind=kind,
+                              cache=admin.vectors)
+    filename = f"faqbot-{'training' if kind == 'training' else 'misses'}-{kind}.{export_format}"
+    return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/misses/{miss_id}")
+def get_miss(admin: Admin, miss_id: int) -> dict[str, Any]:
+    """One logged miss with everything recorded about it."""
+    miss = admin.service.store.get_miss(miss_id)
+    if miss is None:
+        raise FaqbotError(404, "miss_not_found", f"no miss with id {miss_id}")
+    return {"status": "success", "miss": miss}
+
+
+class ResolveRequest(BaseModel):
+    """How to resolve a miss (and, with `miss_ids`, the rest of its cluster)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["attach", "new", "ignore", "reopen"] = Field(..., description="attach | new | ignore | reopen")
+    faq_id: str | None = Field(None, max_length=64, description="attach: the FAQ to add paraphrases to; new: the new id")
+    answer: str | None = Field(None, max_length=20_000, description="new: the answer text (required)")
+    question: str | None = Field(None, max_length=500, description="new: the canonical question (default: the miss)")
+    file: str | None = Field(None, max_length=500, description="new: KB file, relative to the KB directory "
+                             "(default: the file of the nearest FAQ)")
+    tags: list[str] = Field(default_factory=list, max_length=32, description="new: tags")
+    miss_ids: list[int] = Field(default_factory=list, max_length=10_000,
+                                description="More misses resolved the same way (e.g. the cluster's miss_ids)")
+    paraphrases: list[str] | None = Field(None, max_length=500, description="The texts to write "
+                                          "(default: every distinct question among the misses)")
+    reload: bool = Field(True, description="Rebuild and swap the index after editing the KB")
+    force: bool = Field(False, description="Publish even if golden accuracy drops")
+
+
+@router.post("/misses/{miss_id}/resolve", openapi_extra=_body_schema(ResolveRequest))
+def resolve_miss(admin: Admin, miss_id: int,
+                 body: Annotated[ResolveRequest, Depends(json_body(ResolveRequest))]) -> dict[str, Any]:
+    """Attach the miss(es) to an FAQ as paraphrases, make a new FAQ, ignore, or reopen; then reload."""
+    resolution = Resolution(action=body.action, faq_id=body.faq_id, answer=body.answer, question=body.question,
+                            file=body.file, tags=tuple(body.tags), miss_ids=tuple(body.miss_ids),
+                            paraphrases=tuple(body.paraphrases) if body.paraphrases is not None else None,
+                            reload=body.reload, force=body.force)
+    return resolve(admin.service, admin.rebuilder, miss_id, resolution)
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(False, description="Publish even if golden accuracy drops")
+    wait: bool = Field(True, description="If another rebuild is running, wait for it (else 409 at once)")
+
+
+RELOAD_ERRORS = {"invalid_kb": 422, "gate_failed": 409, "busy": 409}
+
+
+@router.post("/reload", openapi_extra=_body_schema(ReloadRequest))
+def reload(admin: Admin, body: Annotated[ReloadRequest, Depends(json_body(ReloadRequest))]) -> dict[str, Any]:
+    """Rebuild from the KB on disk while the old index answers; publish and swap unless the KB is
+    broken or the golden questions got worse. Answers once the new version is live."""
+    outcome = admin.rebuilder.rebuild(force=body.force, wait=body.wait, reason="api")
+    if not outcome.ok:
+        code = "rebuild_running" if outcome.status == "busy" else outcome.status
+        raise FaqbotError(RELOAD_ERRORS[outcome.status], code, outcome.message, details=outcome.as_dict())
+    return {"status": "success", **outcome.as_dict()}
+
+
+@router.get("/index")
+def index_info(admin: Admin) -> dict[str, Any]:
+    """The live index version (here and as published for every worker) and the last rebuild."""
+    service = admin.service
+    settings = service.settings
+    meta = published_meta(settings.data_dir)
+    try:
+        kb_hash: str | None = load_kb(settings.kb).content_hash
+        kb_problems = 0
+    except KBError as exc:
+        kb_hash, kb_problems = None, len(exc.problems)
+    live = service.index if service.ready else None
+    rebuilder = admin.rebuilder
+    return {
+        "status": "success",
+        "version": live.version if live else None,
+        "published_version": live_version(settings.data_dir),
+        "built_at": live.meta.built_at if live else None,
+        "build_seconds": live.meta.build_seconds if live else None,
+        "faqs": live.meta.n_faqs if live else None,
+        "vectors": live.meta.n_vectors if live else None,
+        "kb_hash": live.meta.kb_hash if live else None,
+        "kb_path": str(Path(settings.kb).resolve()),
+        "kb_changed": None if kb_hash is None or meta is None else kb_hash != meta["kb"]["hash"],
+        "kb_problems": kb_problems,
+        "golden_file": str(golden_file(settings.kb)) if golden_file(settings.kb).is_file() else None,
+        "encoder": {"name": live.meta.encoder_name, "fingerprint": live.meta.fingerprint} if live else None,
+        "threshold": round(service.matcher.default_threshold, 4) if live else None,
+        "calibration_source": live.calibration.source if live else None,
+        "watch_kb": settings.watch_kb,
+        "load_error": service.load_error if not live else None,
+        "rebuild": {"running": rebuilder.running, "last": rebuilder.last.as_dict() if rebuilder.last else None},
+    }
+
+
+@router.get("/lint")
+def lint(admin: Admin, min_similarity: Annotated[float | None, Query(ge=0.0, le=1.0)] = None) -> dict[str, Any]:
+    """Exact duplicates, FAQ pairs the bot may confuse, paraphrases closer to another FAQ than to their own."""
+    service = admin.service
+    try:
+        kb = load_kb(service.settings.kb)
+    except KBError as exc:
+        raise FaqbotError(422, "invalid_kb", f"{len(exc.problems)} problem(s) in the knowledge base",
+                          details=[p.as_dict() for p in exc.problems]) from exc
+    live = service.index if service.ready else None
+    threshold = service.matcher.default_threshold if live else service.calibration.threshold
+    report = lint_kb(kb, service.encoder, answer_threshold=threshold, min_similarity=min_similarity,
+                     calibration=service.calibration, live=live)
+    return {"status": "success", **report}
+
+
+@router.get("/stats")
+def stats(admin: Admin, days: Annotated[int, Query(ge=1, le=366)] = 14,
+          tz: Annotated[str, Query(max_length=64, description="IANA time zone, e.g. Asia/Shanghai")] = "UTC",
+          top: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+    """Questions and answer rate per day, top matched FAQs, top open misses, thumbs-down per FAQ."""
+    return {"status": "success", **compute_stats(admin.service, days=days, tz=tz, top=top, cache=admin.vectors)}
+
+
+def install_admin(app: FastAPI) -> None:
+    """Add the admin API to a `bot.app.create_app` app (and the KB watcher when `watch_kb` is on)."""
+    service: FaqService = app.state.service
+    state = AdminState(service=service, rebuilder=Rebuilder(service), vectors=VectorCache())
+    app.state.admin = state
+    app.include_router(router)
+    if service.settings.watch_kb:
+        app.state.background_tasks.append(KbWatcher(state.rebuilder).start)
