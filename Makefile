@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip install --constraint constraints.txt
 
-.PHONY: install run test test-quick lint browser-deps clean
+.PHONY: install run test test-quick lint browser-deps service-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,22 @@ run: install
 # Chromium + its driver from Debian for the browser tests (never a browser download).
 browser-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium chromium-driver"; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-noto-cjk >/dev/null; \
+	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium chromium-driver fonts-noto-cjk"; fi; \
+	fi
+
+# PostgreSQL and Redis from Debian for tests/test_postgres.py and tests/test_redis.py (each test starts its
+# own throwaway server on loopback; the packages' own services are not used).
+service-deps:
+	@if [ ! -x /usr/bin/redis-server ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null; \
+	  else echo "PostgreSQL/Redis tests need Debian's packages: sudo apt-get install postgresql redis-server"; fi; \
 	fi
 
 lint: install
 	$(BIN)/ruff check .
 
-test: install browser-deps lint
+test: install browser-deps service-deps lint
 	$(BIN)/python -m pytest
 
 # While working: skip the model-heavy and browser tests (seconds, not minutes).

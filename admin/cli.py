@@ -169,6 +169,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_markdown() -> str:
+    """The README's settings table, generated from the one Settings class (tests/test_docs.py keeps them equal)."""
+    rows = ["| 环境变量 (env) | 默认值 (default) | 说明 |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path) and default.is_absolute():
+            default = "faq/sample (shipped)"
+        shown = "" if default is None else str(default).replace("|", "\\|")
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `FAQBOT_{name.upper()}` | `{shown}` | {description} |" if shown else
+                    f"| `FAQBOT_{name.upper()}` | | {description} |")
+    return "\n".join(rows)
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_markdown())
+        return 0
+    settings = settings_from(args)
+    for name, value in settings.model_dump().items():
+        shown = "***" if name == "admin_token" and value else value
+        if "secret" in name or "token" in name or name.endswith("aes_key") or "encrypt_key" in name:
+            shown = "***" if value else None
+        print(f"FAQBOT_{name.upper()}={'' if shown is None else shown}")
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser, *, server: bool = False) -> None:
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB)")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="runtime data directory (FAQBOT_DATA_DIR)")
@@ -213,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_similarity)
 
+    p = sub.add_parser("settings", help="print the effective settings (secrets hidden), or --markdown for the docs")
+    _add_common(p)
+    p.add_argument("--markdown", action="store_true", help="the settings table for README.md")
+    p.set_defaults(func=cmd_settings)
+
     for register in _extensions():
         register(sub)
     return parser
@@ -250,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("faqbot: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `faqbot … | head`: the reader left, nothing to report
+        return 0
 
 
 if __name__ == "__main__":

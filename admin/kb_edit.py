@@ -348,6 +348,8 @@ def _resolve_target_file(kb_path: Path, file: str | Path | None, kb: KnowledgeBa
     if file is None:
         return kb.files[-1] if kb.files else kb_path / "faq.yaml"
     root = kb_path.resolve()
+    if "\x00" in str(file) or len(str(file)) > 255:
+        raise KbEditError(422, "bad_file", "file: not a usable file name")
     candidate = Path(file)
     target = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if root not in target.parents:

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -307,9 +307,10 @@ def published_meta(data_dir: Path) -> dict[str, Any] | None:
 class Rebuilder:
     """Builds, gates, publishes and swaps; one per service (the admin routes and the KB watcher share it)."""
 
-    def __init__(self, service: FaqService) -> None:
+    def __init__(self, service: FaqService, *, on_done: Callable[[str, float], None] | None = None) -> None:
         self.service = service
         self.settings = service.settings
+        self.on_done = on_done  # e.g. Metrics.observe_rebuild: every outcome and its duration
         self.lock = rebuild_lock(self.settings.data_dir)
         self.last: RebuildOutcome | None = None
         self._running = threading.Event()
@@ -335,6 +336,8 @@ class Rebuilder:
         outcome.seconds = time.perf_counter() - started
         if outcome.status != "busy":
             self.last = outcome
+        if self.on_done is not None:
+            self.on_done(outcome.status, outcome.seconds)
         log.info("rebuild (%s): %s, live %s, %.1fs", reason, outcome.status, outcome.live_version, outcome.seconds)
         return outcome
 

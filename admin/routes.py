@@ -259,7 +259,8 @@ def stats(admin: Admin, days: Annotated[int, Query(ge=1, le=366)] = 14,
 def install_admin(app: FastAPI) -> None:
     """Add the admin API to a `bot.app.create_app` app (and the KB watcher when `watch_kb` is on)."""
     service: FaqService = app.state.service
-    state = AdminState(service=service, rebuilder=Rebuilder(service), vectors=VectorCache())
+    rebuilder = Rebuilder(service, on_done=app.state.metrics.observe_rebuild)
+    state = AdminState(service=service, rebuilder=rebuilder, vectors=VectorCache())
     app.state.admin = state
     app.include_router(router)
     if service.settings.watch_kb:

@@ -6,10 +6,12 @@ runs in FastAPI's thread pool because the handlers are plain `def`.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.errors import FaqbotError, error_body
 from bot.matcher import Decision
@@ -19,9 +21,12 @@ from bot.service import ChatResult, FaqService, NotReadyError
 from index.text import sanitize
 
 router = APIRouter()
+log = logging.getLogger("faqbot")
 
 
-def get_service(request: Request) -> FaqService:
+async def get_service(request: Request) -> FaqService:
+    # Async on purpose: FastAPI runs a plain-`def` dependency in its thread pool, a thread hop on
+    # every request only to read an attribute (docs/performance.md).
     return request.app.state.service
 
 
@@ -70,18 +75,34 @@ def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
 
 
 @router.post("/chat", tags=["chat"])
-def chat(body: ChatRequest, service: Service, request: Request) -> dict[str, Any]:
+async def chat(body: ChatRequest, service: Service, request: Request) -> dict[str, Any]:
     """Answer a customer question with the best FAQ, or the fallback (logged as a miss) below the threshold."""
+    # Async: the request waits for the encoder worker (micro-batched with other questions) and, on a
+    # miss, for the batched commit of the miss log, without holding a thread (docs/performance.md).
     _require_text(body.message, "message", service.settings.max_message_chars)
     _ready(service)
+    metrics: Metrics = request.app.state.metrics
+    miss_logged = True
     try:
-        result = service.chat(body.message, channel=body.channel, session_id=body.session_id, tags=body.tags,
-                              top_k=body.top_k)
+        try:
+            result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
+                                         tags=body.tags, top_k=body.top_k)
+        except (SQLAlchemyError, OSError) as exc:
+            # The database refused the turn (locked past its busy timeout, down, disk full): the
+            # customer still gets the answer, and the response says the miss was not recorded.
+            log.error("chat: the miss log refused this turn (%s); answering without logging it", exc)
+            metrics.miss_log_failures.inc()
+            miss_logged = False
+            result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
+                                         tags=body.tags, top_k=body.top_k, log_turn=False)
     except NotReadyError as exc:
         raise FaqbotError(503, "not_ready", str(exc), headers={"Retry-After": "2"}) from exc
-    metrics: Metrics = request.app.state.metrics
     metrics.answers.labels("matched" if result.decision.matched else result.decision.reason, body.channel).inc()
-    return chat_response(result, service)
+    response = chat_response(result, service)
+    if not miss_logged and not result.decision.matched:
+        response["miss_logged"] = False
+        response["miss_error"] = "the miss log is unavailable right now; this question was not recorded"
+    return response
 
 
 @router.post("/feedback", tags=["chat"])
@@ -97,9 +118,15 @@ def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
                                      reason="feedback")
         if body.faq_id:
             record = record.__class__(**{**record.__dict__, "best_faq_id": body.faq_id})
-        miss_id = service.store.log_miss(record)
-    feedback_id = service.store.log_feedback(session_id=body.session_id, message=clean, faq_id=body.faq_id,
-                                             helpful=body.helpful, miss_id=miss_id)
+    try:
+        if not body.helpful:
+            miss_id = service.store.log_miss(record)
+        feedback_id = service.store.log_feedback(session_id=body.session_id, message=clean, faq_id=body.faq_id,
+                                                 helpful=body.helpful, miss_id=miss_id)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("feedback: the database refused it: %s", exc)
+        raise FaqbotError(503, "log_unavailable", "the feedback could not be recorded right now; try again",
+                          headers={"Retry-After": "5"}) from exc
     return {"status": "success", "feedback_id": feedback_id, "miss_id": miss_id}
 
 
@@ -152,14 +179,17 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"])
-def readyz(service: Service) -> Response:
+def readyz(service: Service, request: Request) -> Response:
     """200 once the index is loaded (with its version), 503 before or if loading failed."""
     if not service.ready:
         return JSONResponse(error_body("not_ready", service.load_error or "the index is still loading"),
                             status_code=503, headers={"Retry-After": "2"})
     index = service.index
+    shared = getattr(request.app.state, "shared_state", None)
     return JSONResponse({"status": "ready", "index_version": index.version, "faqs": index.meta.n_faqs,
-                         "vectors": index.meta.n_vectors, "encoder": index.meta.encoder_name})
+                         "vectors": index.meta.n_vectors, "encoder": index.meta.encoder_name,
+                         "degraded": bool(shared and shared.degraded),
+                         "shared_state": shared.status() if shared else None})
 
 
 @router.get("/metrics", tags=["ops"])

@@ -6,27 +6,29 @@ start-up, so /healthz answers at once and /readyz says when questions can be ans
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from bot.api import router as api_router
-from bot.errors import FaqbotError, error_body, install_error_handlers
+from bot.errors import FaqbotError, install_error_handlers
+from bot.limits import Limits, ProtectionMiddleware
+from bot.logging_setup import configure_logging
 from bot.metrics import Metrics
 from bot.service import FaqService
 from bot.settings import Settings
+from bot.shared_state import SharedEmbeddingCache, SharedState, shared_event_log
 from bot.store import Store
 from index.encoders import Encoder
 
 log = logging.getLogger("faqbot")
 
-MAX_BODY_BYTES = 1_000_000
 PUBLISHED_INDEX_POLL_SECONDS = 2.0
 
 
@@ -36,16 +38,30 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     settings = settings or Settings()
     service = service or FaqService(settings, encoder=encoder, store=store)
     stop = threading.Event()
+    # Rate buckets, the query-embedding cache and webhook event ids: Redis when configured (shared by
+    # replicas), else in-process; a Redis outage degrades to local state, never to errors.
+    shared = SharedState(settings.redis_url, timeout=settings.redis_timeout_seconds,
+                         retry_seconds=settings.redis_retry_seconds)
+    if shared.configured:
+        service.cache = SharedEmbeddingCache(settings.cache_size, shared, lambda: service.encoder.fingerprint,
+                                             settings.redis_cache_ttl_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=_start_and_watch, args=(service, stop), name="faqbot-index", daemon=True).start()
+        configure_logging(settings.log_level, settings.log_format)
+        # The encoder worker and the batched miss writer first, so the first question finds them.
+        service.start_pipeline(app.state.metrics)
+        threading.Thread(target=_start_and_watch, args=(service, stop, app.state.metrics), name="faqbot-index",
+                         daemon=True).start()
         for start_task in app.state.background_tasks:  # e.g. admin's KB watcher; each stops with `stop`
             start_task(stop)
         try:
             yield
         finally:
             stop.set()
+            # uvicorn has finished the in-flight requests by now: commit every chat-log row and miss they logged.
+            await asyncio.to_thread(service.stop_pipeline)
+            shared.close()
 
     app = FastAPI(
         title="faqbot",
@@ -58,7 +74,13 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     # Callables `start(stop_event)` run at start-up by the lifespan (so layers above bot can add threads).
     app.state.background_tasks = []
     app.state.metrics = Metrics()
+    app.state.shared_state = shared
+    app.state.metrics.track_shared_state(degraded=lambda: float(shared.degraded),
+                                         redis=lambda: float(shared.backend == "redis"))
     install_error_handlers(app)
+    # Inside CORS, so a 429/413 still carries the CORS headers a browser needs to read it.
+    app.add_middleware(ProtectionMiddleware, limits=Limits.from_settings(settings), shared=shared,
+                       metrics=app.state.metrics)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -66,11 +88,14 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
         allow_headers=["Content-Type", "Authorization"],
         max_age=600,
     )
-    app.middleware("http")(_body_limit_and_metrics)
     app.include_router(api_router)
     from bot.channels import install_channels
 
     install_channels(app)
+    channels = getattr(app.state, "channels", {})
+    if shared.configured and channels:
+        context = next(iter(channels.values())).context
+        context.events = shared_event_log(context.events, shared)
     static = Path(__file__).with_name("static")
     if static.is_dir():
         from bot.pages import mount_pages
@@ -79,24 +104,7 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     return app
 
 
-async def _body_limit_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Refuse oversized bodies before reading them, and count every request by route and status."""
-    started = time.perf_counter()
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse(error_body("payload_too_large", f"request body over {MAX_BODY_BYTES} bytes"), status_code=413)
-    response = await call_next(request)
-    route = request.scope.get("route")
-    path = getattr(route, "path", "unmatched")
-    metrics: Metrics = request.app.state.metrics
-    metrics.requests.labels(path, str(response.status_code)).inc()
-    metrics.latency.labels(path).observe(time.perf_counter() - started)
-    return response
-
-
-def _start_and_watch(service: FaqService, stop: threading.Event) -> None:
+def _start_and_watch(service: FaqService, stop: threading.Event, metrics: Metrics) -> None:
     """Load the index, then follow the published version so every worker swaps to a new one."""
     service.start()
     while not stop.wait(PUBLISHED_INDEX_POLL_SECONDS):
@@ -104,6 +112,7 @@ def _start_and_watch(service: FaqService, stop: threading.Event) -> None:
             if service.refresh_if_published():
                 log.info("now serving index %s", service.index.version)
         except Exception as exc:  # a bad published version must not stop the watcher; keep serving the old one
+            metrics.index_loads_failed.inc()
             log.error("could not load the published index: %s", exc)
 
 

@@ -6,20 +6,27 @@ same answer whichever way it arrives. It is built from explicit settings (no glo
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bot.batcher import BatchStats, Encoded, MicroBatcher, OverloadedError, SearchSpec
+from bot.cache import EmbeddingCache, ExactMatches
 from bot.matcher import Decision, Matcher
+from bot.misswriter import ChatRow, MissWriter
 from bot.settings import Settings
 from bot.store import MissRecord, Store
 from faq import KnowledgeBase, load_kb
 from index.calibration import Calibration
-from index.encoders import Encoder, EncoderSpec, load_encoder
+from index.encoders import Encoder, EncoderError, EncoderSpec, load_encoder
 from index.faq_index import (
     FaqIndex,
     IndexUnavailableError,
@@ -32,12 +39,40 @@ from index.faq_index import (
 )
 from index.text import match_key, sanitize
 
+if TYPE_CHECKING:
+    from bot.metrics import Metrics
+
 log = logging.getLogger("faqbot")
+
+# A sync caller (webhook thread, CLI) never waits forever on the encoder worker or the miss writer.
+RESULT_TIMEOUT_SECONDS = 60.0
+
+
+# `faqbot finetune --deploy` records the model it switched to in <data_dir>/models/active.json
+# (docs/finetune.md). It replaces only the default `bundled`: an explicit other FAQBOT_ENCODER wins.
+DEPLOYED_ENCODER_FILE = Path("models") / "active.json"
+
+
+def deployed_encoder(data_dir: Path) -> str | None:
+    """The encoder spec `faqbot finetune --deploy` recorded in the data dir, if any."""
+    path = Path(data_dir) / DEPLOYED_ENCODER_FILE
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))["encoder"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EncoderError(f"{path}: unreadable deployed-model record ({exc}); fix it, or delete it to use bundled") from exc
+    if not isinstance(spec, str) or not spec:
+        raise EncoderError(f"{path}: \"encoder\" must be an encoder spec such as sentence-transformers:<dir>")
+    return spec
 
 
 def encoder_spec(settings: Settings) -> EncoderSpec:
+    spec = settings.encoder
+    if spec == "bundled":
+        spec = deployed_encoder(settings.data_dir) or spec
     return EncoderSpec(
-        spec=settings.encoder,
+        spec=spec,
         kb_prefix=settings.kb_prefix,
         query_prompt=settings.query_prompt,
         passage_prompt=settings.passage_prompt,
@@ -80,7 +115,8 @@ def _previous_calibration(settings: Settings, encoder: Encoder) -> Calibration |
         old = load_index(settings.data_dir)
     except IndexUnavailableError:
         return None
-    return old.calibration if old.meta.fingerprint == encoder.fingerprint else None
+    # Only a locally fitted one: the shipped/uncalibrated default is re-read from the package on each build.
+    return old.calibration if old.meta.fingerprint == encoder.fingerprint and old.calibration.is_local else None
 
 
 @dataclass
@@ -108,6 +144,22 @@ class FaqService:
         self._matcher: Matcher | None = None
         self.load_error: str | None = None
         self._swap_lock = threading.Lock()
+        # Held while following CURRENT and while publishing here, so a slow refresh of an older
+        # version can never swap in after (and over) a version this process just published.
+        self._publish_lock = threading.RLock()
+        # The hot path (docs/performance.md): query vectors come from the exact-match table, the LRU
+        # cache or the encoder worker; chat-log rows and misses go through the batched writer. The
+        # worker and writer run between start_pipeline() and stop_pipeline() (the app's lifespan);
+        # without them (CLI, scripts) every call encodes and writes in the caller's thread.
+        self.cache = EmbeddingCache(settings.cache_size)
+        # A KB text's stored vector is its query vector only when both sides get the same prompt.
+        self._exact_enabled = settings.exact_match and settings.kb_prefix == "query" and (
+            settings.passage_prompt is None or settings.passage_prompt == settings.query_prompt)
+        self._exact: ExactMatches | None = None
+        self.batcher: MicroBatcher | None = None
+        self.miss_writer: MissWriter | None = None
+        self._metrics: Metrics | None = None
+        self.vector_sources = {"exact": 0, "cache": 0, "encoder": 0}
 
     # --- lifecycle -------------------------------------------------------------------------------
     @property
@@ -121,6 +173,7 @@ class FaqService:
         try:
             index = ensure_index(self.settings, self.encoder)
             self.encoder.encode_queries(["预热"])  # first call allocates buffers: keep it off a customer's request
+            self.encoder.encode_queries(["预热", "你好"])  # and the batch path (it starts the OpenMP team)
             self.use_index(index)
             self.load_error = None
         except Exception as exc:  # any start-up failure is kept for /readyz and logged, never fatal to the process
@@ -131,17 +184,27 @@ class FaqService:
         """Swap in a new live index atomically (readers keep the one they started with)."""
         check_compatible(index, self.encoder)
         matcher = Matcher(index, threshold=self.settings.threshold, kb_default_threshold=index.meta.kb_default_threshold)
+        exact = ExactMatches(index) if self._exact_enabled else None
         with self._swap_lock:
+            self._exact = exact
             self._matcher = matcher
             self._index = index
 
     def refresh_if_published(self) -> bool:
         """Load the published version if another process (or worker) made a newer one live."""
-        version = live_version(self.settings.data_dir)
-        if version is None or (self._index is not None and version == self._index.version):
-            return False
-        self.use_index(load_index(self.settings.data_dir, version))
-        return True
+        with self._publish_lock:
+            version = live_version(self.settings.data_dir)
+            if version is None or (self._index is not None and version == self._index.version):
+                return False
+            self.use_index(load_index(self.settings.data_dir, version))
+            return True
+
+    def publish_and_use(self, index: FaqIndex) -> None:
+        """Make `index` the published version (every worker follows CURRENT) and serve it here at once."""
+        check_compatible(index, self.encoder)
+        with self._publish_lock:
+            publish_index(index, self.settings.data_dir)
+            self.use_index(index)
 
     @property
     def index(self) -> FaqIndex:
@@ -159,31 +222,184 @@ class FaqService:
     def ready(self) -> bool:
         return self._index is not None
 
+    # --- the hot path: encoder worker, cache, miss writer -----------------------------------------
+    def start_pipeline(self, metrics: Metrics | None = None) -> None:
+        """Start the encoder worker and the batched miss writer (the app's lifespan calls this)."""
+        settings = self.settings
+        self._metrics = metrics
+        if settings.max_batch > 1:
+            self.batcher = MicroBatcher(self._encode_clean, max_batch=settings.max_batch,
+                                        max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
+                                        on_batch=self._observe_batch)
+            self.batcher.start()
+        self.miss_writer = MissWriter(self.store, flush_ms=settings.log_flush_ms,
+                                      on_commit=(lambda rows, _misses, _s: metrics.observe_commit(rows)) if metrics else None)
+        self.miss_writer.start()
+        if metrics is not None:
+            metrics.track(queue_depth=lambda: self.batcher.queue_depth if self.batcher else 0,
+                          cache_hit_ratio=self.cache_hit_ratio, cache_entries=lambda: len(self.cache),
+                          log_pending=lambda: self.miss_writer.pending if self.miss_writer else 0)
+
+    def stop_pipeline(self) -> None:
+        """Encode what is queued, commit every handed-over chat-log row and miss, stop both threads."""
+        batcher, self.batcher = self.batcher, None
+        if batcher is not None:
+            batcher.stop()
+        writer, self.miss_writer = self.miss_writer, None
+        if writer is not None:
+            writer.close()
+
+    def cache_hit_ratio(self) -> float:
+        """Share of query vectors that did not need the encoder (exact FAQ text or LRU hit)."""
+        total = sum(self.vector_sources.values())
+        return (total - self.vector_sources["encoder"]) / total if total else 0.0
+
+    def _count(self, source: str, n: int = 1) -> None:
+        self.vector_sources[source] += n
+        if self._metrics is not None:
+            self._metrics.query_vectors.labels(source).inc(n)
+
+    def _observe_batch(self, stats: BatchStats) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_batch(stats.texts, stats.queued_seconds, stats.encode_seconds)
+
+    def _encode_clean(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode_queries(texts)
+
+    def _known_vector(self, key: str) -> np.ndarray | None:
+        """The query vector without encoding: an FAQ text's own stored vector, else the LRU cache."""
+        exact = self._exact
+        if exact is not None and (vector := exact.get(key)) is not None:
+            self._count("exact")
+            return vector
+        if (vector := self.cache.get(key)) is not None:
+            self._count("cache")
+        return vector
+
+    def _submit(self, texts: list[str], search: SearchSpec | None = None, *, block: bool = False) -> Future[Encoded]:
+        assert self.batcher is not None
+        try:
+            future = self.batcher.submit(texts, search, block=block, timeout=RESULT_TIMEOUT_SECONDS)
+        except OverloadedError:
+            if self._metrics is not None:
+                self._metrics.overloaded.inc()
+            raise
+        self._count("encoder", len(texts))
+        return future
+
+    def _batching(self) -> bool:
+        return self.batcher is not None and self.batcher.running
+
     # --- questions -------------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encoder.encode_queries([sanitize(t) for t in texts])
+        """Query vectors of `texts` (sanitised here): exact/cache hits, the rest through the encoder worker."""
+        clean = [sanitize(t) for t in texts]
+        if not clean:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        keys = [match_key(t) for t in clean]
+        found = [self._known_vector(k) for k in keys]
+        todo = [i for i, vector in enumerate(found) if vector is None]
+        if todo:
+            missing = [clean[i] for i in todo]
+            if self._batching():
+                assert self.batcher is not None
+                step = min(self.batcher.max_batch, self.batcher.queue_size)
+                # Long lists (admin re-checks, clustering) go in batch-sized jobs, so chat traffic interleaves.
+                futures = [self._submit(missing[i:i + step], block=True) for i in range(0, len(missing), step)]
+                vectors = np.concatenate([f.result(RESULT_TIMEOUT_SECONDS).vectors for f in futures])
+            else:
+                self._count("encoder", len(missing))
+                vectors = self.encoder.encode_queries(missing)
+            for i, vector in zip(todo, vectors, strict=True):
+                found[i] = vector
+                self.cache.put(keys[i], vector)
+        return np.stack(found).astype(np.float32, copy=False)
 
     def decide(self, message: str, *, tags: Sequence[str] | None = None, top_k: int | None = None) -> Decision:
         matcher = self.matcher
-        vector = self.encode_queries([message])
-        return matcher.match_vectors(vector, top_k=top_k or self.settings.top_k, tags=tags)[0]
+        clean = sanitize(message, self.settings.max_message_chars)
+        return self._decide(clean, matcher, tags, top_k or self.settings.top_k)
+
+    def _start_decision(self, clean: str, matcher: Matcher, tags: Sequence[str] | None,
+                        top_k: int) -> tuple[str, Decision | Future[Encoded] | None]:
+        """The decision when the vector is known; else the worker's future (or None: encode here)."""
+        key = match_key(clean)
+        vector = self._known_vector(key)
+        if vector is not None:
+            return key, matcher.match_vectors(vector[None, :], top_k=top_k, tags=tags)[0]
+        if self._batching():
+            return key, self._submit([clean], SearchSpec(matcher, top_k, tuple(tags) if tags else None))
+        return key, None
+
+    def _settle(self, key: str, encoded: Encoded) -> Decision:
+        self.cache.put(key, encoded.vectors[0])
+        assert encoded.decisions is not None
+        return encoded.decisions[0]
+
+    def _decide(self, clean: str, matcher: Matcher, tags: Sequence[str] | None, top_k: int) -> Decision:
+        key, pending = self._start_decision(clean, matcher, tags, top_k)
+        if isinstance(pending, Decision):
+            return pending
+        if pending is not None:
+            return self._settle(key, pending.result(RESULT_TIMEOUT_SECONDS))
+        self._count("encoder")
+        vector = self.encoder.encode_queries([clean])
+        self.cache.put(key, vector[0])
+        return matcher.match_vectors(vector, top_k=top_k, tags=tags)[0]
 
     def chat(self, message: str, *, channel: str = "web", session_id: str | None = None,
              tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
         """Answer one customer message; a miss (or ambiguity) is logged and its id returned."""
         matcher = self.matcher  # one snapshot for the whole request, even if a reload swaps meanwhile
         clean = sanitize(message, self.settings.max_message_chars)
-        vector = self.encode_queries([clean])
-        decision = matcher.match_vectors(vector, top_k=top_k or self.settings.top_k, tags=tags)[0]
+        decision = self._decide(clean, matcher, tags, top_k or self.settings.top_k)
         miss_id = None
-        if log_turn and not decision.matched:
-            miss_id = self.store.log_miss(self.miss_record(clean, decision, channel, session_id, matcher.index.version))
         if log_turn:
-            self.store.log_chat(channel=channel, session_id=session_id, matched=decision.matched,
-                                faq_id=decision.faq.id if decision.faq else None,
-                                similarity=decision.best.similarity if decision.best else None, miss_id=miss_id)
+            miss_id = self._record_turn(clean, decision, channel, session_id, matcher.index.version).result(
+                RESULT_TIMEOUT_SECONDS)
         answer = decision.faq.answer if decision.faq else None
         return ChatResult(decision, clean, miss_id, matcher.index.version, answer)
+
+    async def achat(self, message: str, *, channel: str = "web", session_id: str | None = None,
+                    tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
+        """`chat` for async routes: awaits the encoder worker and the miss writer without holding a thread."""
+        if not self._batching():  # no worker (max_batch=1): encode in a thread, as a sync route would
+            return await asyncio.to_thread(self.chat, message, channel=channel, session_id=session_id, tags=tags,
+                                           top_k=top_k, log_turn=log_turn)
+        matcher = self.matcher
+        clean = sanitize(message, self.settings.max_message_chars)
+        key, pending = self._start_decision(clean, matcher, tags, top_k or self.settings.top_k)
+        if isinstance(pending, Decision):
+            decision = pending
+        else:
+            assert pending is not None
+            decision = self._settle(key, await asyncio.wrap_future(pending))
+        miss_id = None
+        if log_turn:
+            recorded = self._record_turn(clean, decision, channel, session_id, matcher.index.version)
+            miss_id = recorded.result() if recorded.done() else await asyncio.wrap_future(recorded)
+        answer = decision.faq.answer if decision.faq else None
+        return ChatResult(decision, clean, miss_id, matcher.index.version, answer)
+
+    def _record_turn(self, clean: str, decision: Decision, channel: str, session_id: str | None,
+                     index_version: str) -> Future[int | None]:
+        """Log the turn (and the miss, if it was one); the future gives the committed miss id."""
+        chat = ChatRow(channel=channel, session_id=session_id, matched=decision.matched,
+                       faq_id=decision.faq.id if decision.faq else None,
+                       similarity=decision.best.similarity if decision.best else None)
+        miss = None if decision.matched else self.miss_record(clean, decision, channel, session_id, index_version)
+        writer = self.miss_writer
+        if writer is not None and writer.running:
+            try:
+                return writer.log_turn(chat, miss)
+            except RuntimeError:  # the writer closed meanwhile (shutdown): write here instead
+                pass
+        miss_id = self.store.log_miss(miss) if miss is not None else None
+        self.store.log_chat(channel=chat.channel, session_id=chat.session_id, matched=chat.matched,
+                            faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id)
+        done: Future[int | None] = Future()
+        done.set_result(miss_id)
+        return done
 
     @staticmethod
     def miss_record(message: str, decision: Decision, channel: str, session_id: str | None,

@@ -75,6 +75,32 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port `faqbot serve` binds.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes for `faqbot serve`.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json`: one JSON object per log line, with the request id of the request it belongs to; `text`: plain lines."
+    )
+
+    # --- limits and shared state (docs/reliability.md) ---
+    rate_limit_enabled: bool = Field(True, description="Token-bucket rate limits on /chat, /feedback, /similarity, /v1/embeddings and the webhooks (429 + Retry-After).")
+    rate_limit_chat_per_minute: float = Field(60.0, gt=0, le=1_000_000, description="Sustained /chat and /feedback requests per minute per client (its `session_id`, else its IP).")
+    rate_limit_chat_burst: int = Field(20, ge=1, le=1_000_000, description="Requests a /chat client may send at once before the per-minute rate applies.")
+    rate_limit_similarity_per_minute: float = Field(120.0, gt=0, le=1_000_000, description="Sustained /similarity and /v1/embeddings requests per minute per IP.")
+    rate_limit_similarity_burst: int = Field(30, ge=1, le=1_000_000, description="Burst of /similarity and /v1/embeddings requests per IP.")
+    rate_limit_webhook_per_minute: float = Field(1200.0, gt=0, le=1_000_000, description="Sustained webhook deliveries per minute per sending IP (a platform sends for all its users).")
+    rate_limit_webhook_burst: int = Field(200, ge=1, le=1_000_000, description="Burst of webhook deliveries per sending IP.")
+    rate_limit_ip_per_minute: float = Field(
+        600.0, gt=0, le=1_000_000, description="Ceiling per IP over all rate-limited routes, whatever session ids it sends (they are chosen by the client)."
+    )
+    rate_limit_ip_burst: int = Field(100, ge=1, le=1_000_000, description="Burst of the per-IP ceiling.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000, description="Largest request body; larger (declared or streamed) gets HTTP 413 before it is read.")
+    request_timeout_seconds: float = Field(
+        15.0, gt=0, le=600, description="A public API request not answered within this gets HTTP 503 `timeout`, so slow calls cannot pile up."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL (`redis://127.0.0.1:6379/0`) shared by replicas: rate-limit buckets, query-embedding cache, webhook event ids. Unset = in-process."
+    )
+    redis_timeout_seconds: float = Field(0.25, gt=0, le=30, description="Timeout of one Redis call; past it the replica goes degraded (local limits and cache) instead of waiting.")
+    redis_retry_seconds: float = Field(5.0, gt=0, le=3600, description="While degraded, how often to try Redis again.")
+    redis_cache_ttl_seconds: int = Field(86400, ge=60, le=30 * 86400, description="How long a query embedding stays in the Redis cache.")
 
     # --- messaging channels (docs/channels.md): a channel is on when all its secrets are set ---
     webhook_secret: SecretStr | None = Field(

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -45,7 +46,7 @@ misses = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     Column("message", Text, nullable=False),
-    Column("match_key", Text, nullable=False, index=True),
+    Column("match_key", Text, nullable=False),
     Column("channel", String(32), nullable=False, default="web"),
     Column("session_id", String(128)),
     Column("reason", String(32), nullable=False),  # below_threshold | ambiguous | feedback
@@ -58,6 +59,8 @@ misses = Table(
     Column("resolved_action", String(16)),
     Column("resolved_faq_id", String(64)),
     Column("resolved_at", DateTime(timezone=True)),
+    # Hash on PostgreSQL: equality only, and no btree limit on long questions (bot/migrations 0001).
+    Index("ix_misses_match_key", "match_key", postgresql_using="hash"),
 )
 
 chat_log = Table(
@@ -119,24 +122,39 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with SQLite set up for concurrent writers (WAL, busy timeout)."""
+def normalize_url(url: str) -> str:
+    """`postgresql://…` means the psycopg (3) driver faqbot ships with, not SQLAlchemy's default psycopg2."""
     parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
+    """An engine with SQLite set up for concurrent writers (WAL, busy timeout); a server database
+    with a checked pool (a connection dropped by a database restart is replaced, not handed out)
+    and bounded waits, so an unreachable database fails a request instead of hanging it."""
+    parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(parsed, connect_args={"timeout": busy_timeout_seconds, "check_same_thread": False})
+        busy_ms = int(busy_timeout_seconds * 1000)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = max(1, int(busy_timeout_seconds))
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         pool_timeout=busy_timeout_seconds, pool_recycle=1800, connect_args=connect_args)
 
 
 @dataclass(frozen=True)
@@ -156,10 +174,13 @@ class MissRecord:
 class Store:
     """Everything faqbot keeps in its database, behind plain methods."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout_seconds: float = 30.0) -> None:
+        from bot.migrations import upgrade
+
         self.url = url
-        self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        self.engine = make_engine(url, busy_timeout_seconds=busy_timeout_seconds)
+        # The schema comes from the Alembic migrations (the same for SQLite and PostgreSQL).
+        upgrade(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -197,6 +218,8 @@ class Store:
             return int(result.inserted_primary_key[0])
 
     def get_miss(self, miss_id: int) -> dict[str, Any] | None:
+        if not _storable_id(miss_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(misses).where(misses.c.id == miss_id)).mappings().first()
         return _miss_dict(row) if row else None
@@ -216,6 +239,7 @@ class Store:
             return [_miss_dict(r) for r in conn.execute(query).mappings()]
 
     def set_miss_status(self, miss_ids: Sequence[int], *, status: str, action: str, faq_id: str | None) -> int:
+        miss_ids = [i for i in miss_ids if _storable_id(i)]
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(misses).where(misses.c.id.in_(list(miss_ids))).values(
@@ -230,6 +254,7 @@ class Store:
 
     # --- the improvement loop (admin/misses.py, admin/stats.py) ----------------------------------
     def misses_by_ids(self, miss_ids: Sequence[int]) -> list[dict[str, Any]]:
+        miss_ids = [i for i in miss_ids if _storable_id(i)]
         query = select(misses).where(misses.c.id.in_(list(miss_ids))).order_by(misses.c.id)
         with self.engine.connect() as conn:
             return [_miss_dict(r) for r in conn.execute(query).mappings()]
@@ -237,6 +262,7 @@ class Store:
     def update_miss_status(self, miss_ids: Sequence[int], *, from_statuses: Sequence[str], status: str, action: str,
                            faq_id: str | None) -> list[int]:
         """Move only the misses still in `from_statuses` (two admins resolving at once: one wins); their ids."""
+        miss_ids = [i for i in miss_ids if _storable_id(i)]
         with self.engine.begin() as conn:
             ids = [int(i) for i in conn.execute(select(misses.c.id).where(
                 misses.c.id.in_(list(miss_ids)), misses.c.status.in_(list(from_statuses)))).scalars()]
@@ -343,6 +369,11 @@ class Store:
             created = row["created_at"]
             row["created_at"] = (created if created.tzinfo else created.replace(tzinfo=UTC)).isoformat(timespec="seconds")
         return rows
+
+
+def _storable_id(value: int) -> bool:
+    """Ids outside a signed 64-bit integer name no row (and would overflow the database driver)."""
+    return -(2**63) <= value < 2**63
 
 
 def _miss_dict(row: Any) -> dict[str, Any]:

@@ -120,6 +120,9 @@ def _load_file(file: Path, problems: list[KBProblem]) -> tuple[list[FAQ], float 
     except yaml.YAMLError as exc:
         problems.append(KBProblem(name, 0, "-", f"YAML error: {exc}"))
         return None
+    except RecursionError:
+        problems.append(KBProblem(name, 0, "-", "nested too deeply to be a knowledge base"))
+        return None
     if root is None:
         problems.append(KBProblem(name, 1, "-", "empty file"))
         return None
@@ -230,9 +233,8 @@ class _FileReader:
             if key not in entry:
                 self.problem(node, f"{field}.{key}", "missing (required)")
         faq_id = self.string(entry["id"][1], f"{field}.id") if "id" in entry else None
-        if faq_id is not None:
-            if not ID_PATTERN.match(faq_id):
-                self.problem(entry["id"][1], f"{field}.id", "bad id: use 1-64 of A-Z a-z 0-9 _ . -")
+        if faq_id is not None and not ID_PATTERN.match(faq_id):
+            self.problem(entry["id"][1], f"{field}.id", "bad id: use 1-64 of A-Z a-z 0-9 _ . -")
         question = self.string(entry["question"][1], f"{field}.question") if "question" in entry else None
         answer = self.string(entry["answer"][1], f"{field}.answer") if "answer" in entry else None
         paraphrases = self.string_list(entry["paraphrases"][1], f"{field}.paraphrases") if "paraphrases" in entry else ()

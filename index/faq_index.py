@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -186,6 +186,16 @@ def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calib
         kb_default_threshold=kb.default_threshold,
     )
     return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, flat)
+
+
+def with_calibration(index: FaqIndex, calibration: Calibration) -> FaqIndex:
+    """The same vectors and FAQs as a new version read with another calibration (`faqbot calibrate`)."""
+    version = new_version(index.meta.kb_hash)
+    while version == index.version:  # same millisecond: a version name must never be reused
+        time.sleep(0.001)
+        version = new_version(index.meta.kb_hash)
+    meta = replace(index.meta, version=version, calibration=calibration)
+    return FaqIndex(meta, index.faqs, index.row_faq.tolist(), index.row_text, index.vectors)
 
 
 def _faq_to_dict(f: FAQ) -> dict[str, object]:

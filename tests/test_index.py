@@ -113,7 +113,7 @@ def test_foreign_encoder_or_changed_kb_is_refused(tiny_kb: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bundled_encoder_matches_paraphrases(tiny_kb: Path, bundled_encoder) -> None:  # noqa: ANN001
+def test_bundled_encoder_matches_paraphrases(tiny_kb: Path, bundled_encoder) -> None:
     index = build_index(load_kb(tiny_kb), bundled_encoder)
     queries = bundled_encoder.encode_queries(["能开发票吗", "怎么把东西退回去", "积分能当钱用吗"])
     best = [hits[0].faq_id for hits in index.search(queries, top_k=2)]

@@ -1,0 +1,578 @@
+"""`faqbot bench`: how fast /chat is on this machine, against the bare encoder and a naive server.
+
+One run, one machine, loopback only, bounded in time (about 13 phases × `--seconds` + the soak):
+
+1. the bare encoder, in a child process with the configured backend and threads: ms per single
+   query, texts/s in batches of 1..32 (the best of them is the encoder's ceiling);
+2. `faqbot serve` as it is configured (micro-batching, cache, exact match) on a temporary copy of
+   the index, and the same server as a naive baseline (`max_batch=1`, `cache_size=0`,
+   `exact_match=false`: encode per request, no batching, no cache), one after the other;
+3. against each: /chat at concurrency 1, 16 and 64 on a stream of unique questions (no cache can
+   help) and on a Zipf-distributed stream drawn from a fixed pool (what customer traffic looks
+   like), then a soak at concurrency 64 (Zipf) on the batched server; p50/p95/p99, req/s, errors, RSS,
+   and what the server's own /metrics say per phase (batch sizes, encode and queue time, cache
+   hit ratio) — the profile of where the time goes;
+4. the issue #8 targets as ratios of figures from this one run.
+
+The load generator speaks minimal HTTP/1.1 over keep-alive asyncio streams (a full HTTP client
+would cost the shared CPU more than the server's own overhead that is being measured).
+Benchmarks are commands that print figures, not timed tests (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CONCURRENCIES = (1, 16, 64)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+ZIPF_POOL = 2000
+ZIPF_EXPONENT = 1.1
+NAIVE_ENV = {"FAQBOT_MAX_BATCH": "1", "FAQBOT_CACHE_SIZE": "0", "FAQBOT_EXACT_MATCH": "false"}
+
+# Ways customers wrap a question; with a serial number every generated question is distinct
+# (and has a distinct match key), the length of real chat messages (15-30 characters).
+OPENERS = ("", "请问", "你好，", "您好，请问", "想问一下", "麻烦问下", "客服，", "在吗？")
+CLOSERS = ("", "？", "呢", "啊", "，谢谢", "，急", "？在线等", "。")
+
+
+def kb_questions(kb_path: Path) -> list[str]:
+    from faq import load_kb
+
+    return [text for _, text in load_kb(kb_path).texts()]
+
+
+class QuestionStreams:
+    """Endless question streams over the KB's own texts (deterministic for a seed)."""
+
+    def __init__(self, kb_texts: Sequence[str], seed: int = 8) -> None:
+        if not kb_texts:
+            raise ValueError("the KB has no questions to benchmark with")
+        self.kb_texts = [t.rstrip("？?。.!！") for t in kb_texts]
+        self.seed = seed
+        self._serial = 0
+        rng = random.Random(seed)
+        pool = list(kb_texts)  # the FAQ texts themselves are the most frequent questions of all
+        while len(pool) < ZIPF_POOL:
+            pool.append(f"{rng.choice(OPENERS)}{rng.choice(self.kb_texts)}{rng.choice(CLOSERS)}")
+        pool = list(dict.fromkeys(pool))
+        rng.shuffle(pool)
+        self.zipf_pool = pool
+        weights = [1.0 / (rank ** ZIPF_EXPONENT) for rank in range(1, len(pool) + 1)]
+        total = sum(weights)
+        self._cumulative = []
+        running = 0.0
+        for w in weights:
+            running += w / total
+            self._cumulative.append(running)
+        self._rng = random.Random(seed + 1)
+
+    def unique(self) -> str:
+        """A question never produced before by this object (a serial number makes it distinct)."""
+        self._serial += 1
+        n = self._serial
+        core = self.kb_texts[(n * 7919) % len(self.kb_texts)]
+        return f"{OPENERS[n % len(OPENERS)]}{core}，订单{100000 + n}{CLOSERS[(n // 8) % len(CLOSERS)]}"
+
+    def zipf(self) -> str:
+        import bisect
+
+        return self.zipf_pool[min(bisect.bisect_left(self._cumulative, self._rng.random()), len(self.zipf_pool) - 1)]
+
+
+# --- the bare encoder (a child process, so its threads and memory are its own) ------------------
+def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float) -> dict[str, object]:
+    """Encode-only figures: single-query latency and batched throughput on the bench's unique stream."""
+    from bot.service import encoder_spec
+    from bot.settings import Settings
+    from index.encoders import load_encoder
+
+    settings = Settings(encoder=encoder, encoder_threads=threads, kb=kb_path)
+    model = load_encoder(encoder_spec(settings))
+    streams = QuestionStreams(kb_questions(kb_path))
+    model.encode_queries([streams.unique() for _ in range(4)])  # warm both paths
+    model.encode_queries([streams.unique()])
+    single: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(single) < 20:
+        text = streams.unique()
+        started = time.perf_counter()
+        model.encode_queries([text])
+        single.append(time.perf_counter() - started)
+    batched: dict[int, float] = {}
+    for size in BATCH_SIZES:
+        texts_done, spent = 0, 0.0
+        deadline = time.perf_counter() + seconds / 2
+        while time.perf_counter() < deadline or texts_done < 2 * size:
+            batch = [streams.unique() for _ in range(size)]
+            started = time.perf_counter()
+            model.encode_queries(batch)
+            spent += time.perf_counter() - started
+            texts_done += size
+        batched[size] = texts_done / spent
+    best = max(batched, key=lambda b: batched[b])
+    return {"encoder": encoder, "threads": threads, "single_ms_p50": statistics.median(single) * 1000,
+            "single_ms_mean": statistics.fmean(single) * 1000, "batched": batched, "best_batch": best,
+            "best_texts_per_s": batched[best], "rss_mb": _rss_mb(os.getpid())}
+
+
+def run_bare(encoder: str, threads: int, kb_path: Path, seconds: float) -> dict[str, object]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "admin.bench", "--bare", encoder, str(threads), str(kb_path), str(seconds)],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare encoder run failed: {proc.stderr[-2000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data["batched"] = {int(k): v for k, v in data["batched"].items()}
+    return data
+
+
+# --- memory ---------------------------------------------------------------------------------------
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages (the mmapped model, libraries) split between the processes using them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (uvicorn's worker processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+# --- a minimal keep-alive HTTP/1.1 client ---------------------------------------------------------
+class LoopbackClient:
+    """POST JSON over one keep-alive connection; a few µs of client CPU per request."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self._writer is None:
+            await self._connect()
+        assert self._reader is not None and self._writer is not None
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self._writer.write(head + body)
+        header_block = await self._reader.readuntil(b"\r\n\r\n")
+        lines = header_block.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length, close = 0, False
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value.strip())
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        payload = await self._reader.readexactly(length) if length else b""
+        if close:
+            await self.close()
+        return status, payload
+
+
+@dataclass
+class Phase:
+    """One load phase against one server: what was asked, what came back."""
+
+    server: str
+    stream: str
+    concurrency: int
+    seconds: float
+    requests: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    server_profile: dict[str, float] = field(default_factory=dict)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    rank = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[rank]
+
+
+async def _load(base: str, next_question: Iterator[str], concurrency: int, seconds: float,
+                phase: Phase) -> None:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    warmup = min(1.0, seconds / 5)
+    started = time.perf_counter()
+    measure_from, deadline = started + warmup, started + warmup + seconds
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        client = LoopbackClient(host, port)
+        try:
+            while (now := time.perf_counter()) < deadline:
+                body = json.dumps({"message": next(next_question), "channel": "bench"}, ensure_ascii=False).encode()
+                try:
+                    status, _payload = await client.request("POST", "/chat", body)
+                    kind = None if status == 200 else f"HTTP {status}"
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    kind = type(exc).__name__
+                    await client.close()
+                done = time.perf_counter()
+                if now < measure_from:
+                    continue
+                if kind is None:
+                    latencies.append(done - now)
+                else:
+                    phase.errors += 1
+                    phase.error_kinds[kind] = phase.error_kinds.get(kind, 0) + 1
+        finally:
+            await client.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = max(1e-9, time.perf_counter() - measure_from)
+    latencies.sort()
+    phase.requests = len(latencies) + phase.errors
+    phase.rps = len(latencies) / elapsed
+    phase.p50_ms, phase.p95_ms, phase.p99_ms = (_percentile(latencies, q) * 1000 for q in (0.50, 0.95, 0.99))
+
+
+def _scrape(base: str) -> dict[str, float]:
+    """The server's hot-path counters from /metrics (sums and counts; deltas make a phase's profile)."""
+    import httpx
+
+    wanted = {
+        "faqbot_encoder_batch_texts_sum": "batch_texts", "faqbot_encoder_batch_texts_count": "batches",
+        "faqbot_encoder_batch_seconds_sum": "encode_s", "faqbot_encoder_queue_seconds_sum": "queue_s",
+        'faqbot_query_vectors_total{source="encoder"}': "v_encoder", 'faqbot_query_vectors_total{source="cache"}': "v_cache",
+        'faqbot_query_vectors_total{source="exact"}': "v_exact", "faqbot_encoder_overloaded_total": "overloaded",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
+    try:
+        text = httpx.get(base + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return out
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
+
+
+def _profile(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    vectors = delta["v_encoder"] + delta["v_cache"] + delta["v_exact"]
+    batches = delta["batches"]
+    return {
+        "mean_batch": delta["batch_texts"] / batches if batches else 0.0,
+        "encode_ms_per_batch": 1000 * delta["encode_s"] / batches if batches else 0.0,
+        "queue_ms_per_batch": 1000 * delta["queue_s"] / batches if batches else 0.0,
+        "cache_hit_ratio": (delta["v_cache"] + delta["v_exact"]) / vectors if vectors else 0.0,
+        "overloaded": delta["overloaded"],
+    }
+
+
+def run_phase(base: str, server: str, stream: str, source: QuestionStreams, concurrency: int,
+              seconds: float) -> Phase:
+    phase = Phase(server, stream, concurrency, seconds)
+    questions = _endless(source.unique if stream == "unique" else source.zipf)
+    before = _scrape(base)
+    asyncio.run(_load(base, questions, concurrency, seconds, phase))
+    phase.server_profile = _profile(before, _scrape(base))
+    return phase
+
+
+def _endless(produce: Callable[[], str]) -> Iterator[str]:
+    while True:
+        yield produce()
+
+
+# --- servers ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def faqbot_server(kb: Path, data_dir: Path, env: dict[str, str], workers: int = 1,
+                  ready_seconds: float = 600.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`faqbot serve` on a free loopback port with `env` on top of ours; stopped on exit."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read on failure
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "admin.cli", "serve", "--kb", str(kb), "--data-dir", str(data_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+        # Every bench client is 127.0.0.1: per-client rate limits would measure the limiter, not the server.
+        env={**os.environ, "FAQBOT_LOG_LEVEL": "warning", "FAQBOT_RATE_LIMIT_ENABLED": "false", **env},
+        stdout=log, stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_seconds
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"faqbot serve did not become ready:\n{log.read()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+        os.unlink(log.name)
+
+
+@dataclass
+class ServerRun:
+    label: str
+    phases: list[Phase]
+    rss_mb: float | None
+    workers: int
+    pss_mb: float | None = None
+
+
+def bench_server(label: str, base: str, pid: int | None, source: QuestionStreams, seconds: float,
+                 soak_seconds: float = 0.0, workers: int = 1, say: Callable[[str], None] = print) -> ServerRun:
+    phases = []
+    for stream in ("unique", "zipf"):
+        for concurrency in CONCURRENCIES:
+            phase = run_phase(base, label, stream, source, concurrency, seconds)
+            say(_phase_line(phase))
+            phases.append(phase)
+    if soak_seconds > 0:  # customer-like traffic (Zipf, cache on) at the highest concurrency, for longer
+        phase = run_phase(base, label, "zipf", source, 64, soak_seconds)
+        phase.stream = "soak-zipf"
+        say(_phase_line(phase))
+        phases.append(phase)
+    if pid is None:
+        return ServerRun(label, phases, None, workers)
+    tree = process_tree(pid)
+    return ServerRun(label, phases, sum(_rss_mb(p) for p in tree), workers, sum(_pss_mb(p) for p in tree))
+
+
+# --- report -------------------------------------------------------------------------------------------
+HEADER = (f"{'server':<24}{'stream':<12}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}  server profile")
+
+
+def _phase_line(p: Phase) -> str:
+    prof = p.server_profile
+    profile = (f"batch {prof.get('mean_batch', 0):.1f}, encode {prof.get('encode_ms_per_batch', 0):.1f} ms/batch, "
+               f"queue {prof.get('queue_ms_per_batch', 0):.1f} ms, cache hits {100 * prof.get('cache_hit_ratio', 0):.0f}%")
+    errors = f"{p.errors}" + (f" {p.error_kinds}" if p.error_kinds else "")
+    return (f"{p.server:<24}{p.stream:<12}{p.concurrency:>5}{p.rps:>9.1f}{p.p50_ms:>9.1f}{p.p95_ms:>9.1f}"
+            f"{p.p99_ms:>9.1f}{errors:>8}  {profile}")
+
+
+def _find(run: ServerRun, stream: str, concurrency: int) -> Phase:
+    return next(p for p in run.phases if p.stream == stream and p.concurrency == concurrency)
+
+
+def targets(bare: dict[str, object], batched: ServerRun, naive: ServerRun | None) -> list[tuple[str, float, str, bool]]:
+    """(what, measured ratio, target, met) for the issue #8 targets."""
+    single_ms = float(bare["single_ms_p50"])  # type: ignore[arg-type]
+    best_tps = float(bare["best_texts_per_s"])  # type: ignore[arg-type]
+    c1 = _find(batched, "unique", 1)
+    c16 = _find(batched, "unique", 16)
+    zipf16 = _find(batched, "zipf", 16)
+    unique64 = _find(batched, "unique", 64)
+    soak = next((p for p in batched.phases if p.stream == "soak-zipf"), None) or _find(batched, "zipf", 64)
+    rows = [
+        ("/chat p50 c1 / bare single-query encode", c1.p50_ms / single_ms, "<= 1.25", c1.p50_ms / single_ms <= 1.25),
+        ("req/s c16 unique / bare best texts/s", c16.rps / best_tps, ">= 0.85", c16.rps / best_tps >= 0.85),
+    ]
+    if naive is not None:
+        naive16 = _find(naive, "unique", 16)
+        naive_zipf16 = _find(naive, "zipf", 16)
+        rows.append(("req/s c16 unique / naive c16 unique", c16.rps / naive16.rps, ">= 2", c16.rps / naive16.rps >= 2))
+        rows.append(("req/s c16 zipf+cache / naive c16 zipf", zipf16.rps / naive_zipf16.rps, ">= 5",
+                     zipf16.rps / naive_zipf16.rps >= 5))
+    errors = sum(p.errors for p in batched.phases)
+    rows.append((f"errors, all phases (c64 {soak.stream} {soak.seconds:g} s)", float(errors), "== 0", errors == 0))
+    rows.append((f"p99 c64 {soak.stream} / p50 c1", soak.p99_ms / c1.p50_ms, "< 10", soak.p99_ms / c1.p50_ms < 10))
+    rows.append(("p99 c64 unique / p50 c1", unique64.p99_ms / c1.p50_ms, "< 10", unique64.p99_ms / c1.p50_ms < 10))
+    return rows
+
+
+def _bare_lines(bare: dict[str, object]) -> list[str]:
+    batched = bare["batched"]
+    assert isinstance(batched, dict)
+    sizes = "  ".join(f"b{size}: {tps:.0f}" for size, tps in batched.items())
+    return [
+        f"bare encoder {bare['encoder']} (threads={bare['threads']}): single query p50 "
+        f"{float(bare['single_ms_p50']):.2f} ms (mean {float(bare['single_ms_mean']):.2f} ms), "  # type: ignore[arg-type]
+        f"RSS {float(bare['rss_mb']):.0f} MB",  # type: ignore[arg-type]
+        f"  texts/s by batch size: {sizes}  -> best {float(bare['best_texts_per_s']):.0f} texts/s "  # type: ignore[arg-type]
+        f"at batch {bare['best_batch']}",
+    ]
+
+
+def _machine_line(seconds: float, soak: float) -> str:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"faqbot bench: {os.cpu_count()} CPUs, load average {load}, {seconds:g} s per phase"
+            f"{f', soak {soak:g} s' if soak else ''}, Python {sys.version.split()[0]}")
+
+
+# --- the command ----------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from admin.cli import CliError, settings_from
+
+    settings = settings_from(args)
+    threads = args.threads or settings.encoder_threads
+    seconds, soak = float(args.seconds), float(args.soak_seconds)
+    if seconds <= 0 or soak < 0:
+        raise CliError("--seconds must be > 0 and --soak-seconds >= 0")
+    kb_path = Path(settings.kb).resolve()
+    source = QuestionStreams(kb_questions(kb_path))
+    say = _printer()
+    say(_machine_line(seconds, soak))
+    report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "runs": []}
+
+    encoders = [settings.encoder, *args.extra_encoder]
+    bares = {}
+    for spec in encoders:
+        bares[spec] = run_bare(spec, threads, kb_path, max(1.0, min(seconds, 6.0)))
+        for line in _bare_lines(bares[spec]):
+            say(line)
+    report["bare"] = bares
+
+    env_common = {"FAQBOT_ENCODER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    runs: dict[str, ServerRun] = {}
+    say("")
+    say(HEADER)
+    if args.url:
+        runs["batched"] = bench_server("given server", args.url.rstrip("/"), None, source, seconds, soak, say=say)
+        if args.baseline_url:
+            runs["naive"] = bench_server("given baseline", args.baseline_url.rstrip("/"), None, source, seconds,
+                                         say=say)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="faqbot-bench-"))
+        try:
+            for i, spec in enumerate(encoders):
+                data_dir = workdir / f"data{i}"
+                env = {**env_common, "FAQBOT_ENCODER": spec}  # the first server builds the index, the naive one reuses it
+                label = "batched" if i == 0 else f"batched {spec}"
+                with faqbot_server(kb_path, data_dir, env, workers=args.workers) as (base, proc):
+                    runs[label] = bench_server(label, base, proc.pid, source, seconds, soak if i == 0 else 0.0,
+                                               workers=args.workers, say=say)
+                if i == 0 and not args.no_baseline:
+                    with faqbot_server(kb_path, data_dir, {**env, **NAIVE_ENV}) as (base, proc):
+                        runs["naive"] = bench_server("naive (no batch/cache)", base, proc.pid, source, seconds,
+                                                     say=say)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    say("")
+    for run in runs.values():
+        if run.rss_mb is not None:
+            say(f"RSS {run.label}: {run.rss_mb:.0f} MB with {run.workers} worker(s) "
+                f"(PSS {run.pss_mb or 0:.0f} MB: shared model pages counted once)")
+    batched_run, naive_run = runs["batched"], runs.get("naive")
+    say("")
+    say(f"targets (issue #8), ratios from this run ({settings.encoder}, threads={threads}):")
+    rows = targets(bares[settings.encoder], batched_run, naive_run)
+    for what, value, target, met in rows:
+        say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
+    say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    report["runs"] = {k: asdict(v) for k, v in runs.items()}
+    report["targets"] = [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in rows]
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    return 0
+
+
+def _printer() -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return say
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="measure /chat against the bare encoder and a naive server (prints figures)")
+    p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB); questions are drawn from it")
+    p.add_argument("--encoder", help="bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
+    p.add_argument("--threads", type=int, help="encoder threads per process (FAQBOT_ENCODER_THREADS)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of the batched server (default 1)")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase (default 8)")
+    p.add_argument("--soak-seconds", dest="soak_seconds", type=float, default=60.0,
+                   help="concurrency-64 soak on the batched server (default 60; 0 = skip)")
+    p.add_argument("--url", help="bench this running server instead of starting one (its base URL)")
+    p.add_argument("--baseline-url", dest="baseline_url", help="with --url: a naive server to compare with")
+    p.add_argument("--no-baseline", dest="no_baseline", action="store_true", help="skip the naive server")
+    p.add_argument("--extra-encoder", dest="extra_encoder", action="append", default=[], metavar="SPEC",
+                   help="also bench this encoder (e.g. onnx:var/models/e5/onnx/model_int8.onnx); repeatable")
+    p.add_argument("--json", type=Path, help="also write every figure as JSON here")
+    p.set_defaults(func=cmd_bench)
+
+
+def _bare_main(argv: Sequence[str]) -> int:
+    encoder, threads, kb_path, seconds = argv
+    print(json.dumps(bare_encoder(encoder, int(threads), Path(kb_path), float(seconds))))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--bare":
+        sys.exit(_bare_main(sys.argv[2:]))
+    sys.exit(f"usage: faqbot bench (this module is run as `{sys.argv[0]} --bare ...` only by the bench itself)")

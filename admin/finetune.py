@@ -1,0 +1,908 @@
+"""`faqbot finetune`: teach the encoder the team's own words, offline, and deploy it only if it is better.
+
+The flow of the sentence-transformers documentation (data -> model -> training pairs -> parameters ->
+train -> validate -> deploy) on a plain CPU server (docs/finetune.md):
+
+1. base: the bundled model exported as a sentence-transformers dir (`<data_dir>/models/bundled`,
+   made on first use, no download) or any sentence-transformers model directory;
+2. data: JSONL pairs/triplets/scored pairs and TSV files (admin/finetune_data.py), `--from-kb`
+   and `--from-misses`, hard negatives mined from the FAQs the base model confuses them with;
+3. train: our own small loop around sentence-transformers' losses (MultipleNegativesRankingLoss,
+   CoSENT, CosineSimilarityLoss) — no `datasets`/`accelerate` needed — with CPU-aware defaults:
+   the 250k-row word-embedding matrix frozen, 64 tokens, batches of 32; a progress bar with ETA,
+   a checkpoint per epoch, and Ctrl-C saving the weights of the last finished step;
+4. validate: the base and the new model, on the same backend, each recalibrated the same way, on
+   held-out FAQ sets (`faqbot eval`'s metrics) and pair files; a Markdown report with PNG plots;
+5. deploy (`--deploy`): only when no held-out FAQ set lost overall accuracy — records the model in
+   `<data_dir>/models/active.json` (read by `bot.service.encoder_spec`), rebuilds the index with
+   the new calibration. `--undeploy` goes back to the bundled encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from admin.calibrate import (
+    CachingEncoder,
+    CalibrationDataError,
+    calibrate_from_kb,
+    calibrate_from_pairs,
+    read_pair_files,
+)
+from admin.cli import CliError, _add_common, progress_bar, settings_from
+from admin.evaluation import (
+    EvalDataError,
+    EvalQuery,
+    FaqEvalResult,
+    PairEvalResult,
+    evaluate_faq,
+    evaluate_pairs,
+    load_queries,
+)
+from admin.finetune_data import (
+    TrainingDataError,
+    TrainRow,
+    intent_groups,
+    load_training_file,
+    mine_kb_negatives,
+    mnrl_batches,
+    pairs_from_kb,
+    pairs_from_misses,
+    plain_batches,
+    rows_for_loss,
+    sample_rows,
+)
+from bot.service import DEPLOYED_ENCODER_FILE, build_and_publish, encoder_spec
+from bot.settings import Settings
+from faq import KnowledgeBase, load_kb
+from index.calibration import Calibration
+from index.encoders import Encoder, EncoderSpec, load_encoder
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+LOSSES = ("auto", "mnrl", "cosent", "cosine")
+POOLINGS = ("mean", "cls", "max")
+BUNDLED_DIR = Path("models") / "bundled"
+CHECKPOINTS = "checkpoints"
+PROVENANCE_FILE = "finetune.json"
+
+
+class TrainingInterruptedError(Exception):
+    """Ctrl-C during training; `checkpoint` holds the weights of the last finished step."""
+
+    def __init__(self, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted; checkpoint: {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+# --- the base model -----------------------------------------------------------------------------
+
+
+def resolve_base(base: str, data_dir: Path, *, progress: bool = True) -> Path:
+    """The base as a sentence-transformers directory: `bundled` is exported once into the data dir."""
+    if base == "bundled":
+        target = Path(data_dir) / BUNDLED_DIR
+        if not all((target / name).is_file() for name in ("modules.json", "model.safetensors", "tokenizer.json")):
+            from index.bundled_export import export_bundled
+
+            print(f"exporting the bundled model to {target} (once; ~470 MB, no download)", file=sys.stderr)
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            export_bundled(partial, progress=progress)
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+        return target.resolve()
+    path = Path(base)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise CliError(f"--base {base}: not 'bundled' nor a model directory (need config.json + weights; "
+                       "a sentence-transformers dir, e.g. from `faqbot model export-bundled`)")
+    return path.resolve()
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training parameters; the defaults are what finishes on a 2-core CPU server (docs/finetune.md)."""
+
+    loss: str = "mnrl"
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 3e-5
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 64
+    freeze_embeddings: bool = True
+    trainable_layers: int | None = None  # None = every transformer layer
+    pooling: str | None = None  # None = keep the base model's
+    query_prompt: str | None = None  # None = the model's own "query" prompt
+    kb_prompt: str | None = None  # None = per FAQBOT_KB_PREFIX
+    threads: int = 2
+    seed: int = 20240607
+    max_steps: int | None = None
+    time_budget_minutes: float | None = None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    planned_steps: int
+    rows: int
+    seconds: float
+    stopped_early: str | None  # why training ended before the plan (time budget, max steps)
+    losses: list[float] = field(default_factory=list)
+    trainable_parameters: int = 0
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def _prompts(model: SentenceTransformer, config: TrainConfig, kb_prefix: str) -> tuple[str, str]:
+    """(query prompt, KB-side prompt) as the encoder will use them when serving this model."""
+    prompts = dict(getattr(model, "prompts", {}) or {})
+    query = config.query_prompt if config.query_prompt is not None else prompts.get("query", "")
+    if config.kb_prompt is not None:
+        return query, config.kb_prompt
+    return query, query if kb_prefix == "query" else prompts.get("passage", "")
+
+
+def prepare_model(base_dir: Path, config: TrainConfig, kb_prefix: str) -> tuple[SentenceTransformer, str, str]:
+    """Load the base, apply pooling/prompt/length options and freeze what is not trained."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    torch.set_num_threads(max(1, config.threads))
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(str(base_dir), device="cpu")
+    model.max_seq_length = config.max_seq_length
+    pooling_index = next((i for i, m in enumerate(model) if isinstance(m, Pooling)), None)
+    if config.pooling is not None:
+        if pooling_index is None:
+            raise CliError(f"--pooling: the base model {base_dir} has no pooling module to replace")
+        old = model[pooling_index]
+        if config.pooling not in getattr(old, "pooling_mode", ()) or len(getattr(old, "pooling_mode", ())) != 1:
+            model._modules[str(pooling_index)] = Pooling(model.get_embedding_dimension(), pooling_mode=config.pooling,
+                                                          include_prompt=getattr(old, "include_prompt", True))
+    query_prompt, kb_prompt = _prompts(model, config, kb_prefix)
+    prompts = dict(getattr(model, "prompts", {}) or {})
+    prompts["query"] = query_prompt
+    prompts.setdefault("passage", kb_prompt)
+    if config.kb_prompt is not None:
+        prompts["passage"] = config.kb_prompt
+    model.prompts = prompts
+
+    transformer = model[0].auto_model
+    if config.freeze_embeddings:
+        transformer.get_input_embeddings().weight.requires_grad_(False)
+    if config.trainable_layers is not None:
+        layers = getattr(getattr(transformer, "encoder", None), "layer", None)
+        if layers is None:
+            raise CliError("--trainable-layers needs a BERT-shaped model (encoder.layer)")
+        for parameter in transformer.embeddings.parameters():
+            parameter.requires_grad_(False)
+        for layer in list(layers)[: max(0, len(layers) - config.trainable_layers)]:
+            for parameter in layer.parameters():
+                parameter.requires_grad_(False)
+    return model, query_prompt, kb_prompt
+
+
+def _loss(model: SentenceTransformer, name: str) -> Any:
+    from sentence_transformers.sentence_transformer import losses
+
+    if name == "mnrl":
+        return losses.MultipleNegativesRankingLoss(model)
+    if name == "cosent":
+        return losses.CoSENTLoss(model)
+    return losses.CosineSimilarityLoss(model)
+
+
+def plan_batches(rows: Sequence[TrainRow], config: TrainConfig, epoch: int) -> list[list[TrainRow]]:
+    seed = config.seed + epoch
+    if config.loss == "mnrl":
+        return mnrl_batches(rows, config.batch_size, seed)
+    return plain_batches(rows, config.batch_size, seed)
+
+
+def _features(model: SentenceTransformer, batch: Sequence[TrainRow], config: TrainConfig, query_prompt: str,
+              kb_prompt: str) -> tuple[list[dict[str, Any]], Any]:
+    import torch
+
+    if config.loss == "mnrl":
+        columns = [([r.anchor for r in batch], query_prompt), ([r.other for r in batch], kb_prompt)]
+        if batch[0].negative is not None:
+            columns.append(([r.negative or "" for r in batch], kb_prompt))
+        labels = None
+    else:
+        # a scored pair is two sentences compared as /similarity does: both with the query prompt
+        columns = [([r.anchor for r in batch], query_prompt), ([r.other for r in batch], query_prompt)]
+        scale = 5.0 if config.loss == "cosine" and any((r.score or 0.0) > 1.0 for r in batch) else 1.0
+        labels = torch.tensor([float(r.score or 0.0) / scale for r in batch], dtype=torch.float32)
+    return [model.preprocess(texts, prompt=prompt or None) for texts, prompt in columns], labels
+
+
+def _save(model: SentenceTransformer, target: Path, base_dir: Path) -> Path:
+    """Save as a sentence-transformers dir, carrying the base's LICENSE/NOTICE along (MIT needs them)."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save(str(partial), create_model_card=False)
+    for name in ("LICENSE", "NOTICE"):
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, partial / name)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+    return target
+
+
+def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], out_dir: Path, config: TrainConfig,
+          query_prompt: str, kb_prompt: str, *, show_progress: bool = True) -> TrainResult:
+    """Train in place and save to `out_dir` (epochs before the last also to checkpoints/epoch-N).
+
+    Ctrl-C saves the weights as of the last finished step to checkpoints/interrupted and raises
+    TrainingInterruptedError; the time budget and `max_steps` end training early but normally.
+    """
+    import torch
+    from tqdm import tqdm
+
+    loss_fn = _loss(model, config.loss)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise CliError("nothing to train: every parameter is frozen")
+    epochs = [plan_batches(rows, config, epoch) for epoch in range(config.epochs)]
+    planned = sum(len(batches) for batches in epochs)
+    if planned == 0:
+        raise CliError(f"{len(rows)} training example(s) make no batch of two distinct intents; add more pairs")
+    total = min(planned, config.max_steps) if config.max_steps else planned
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
+    warmup = max(1, int(total * config.warmup_ratio)) if total > 1 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    result = TrainResult(steps=0, planned_steps=planned, rows=len(rows), seconds=0.0, stopped_early=None,
+                         trainable_parameters=sum(p.numel() for p in trainable))
+    deadline = time.monotonic() + config.time_budget_minutes * 60 if config.time_budget_minutes else None
+    started = time.monotonic()
+    bar = tqdm(total=total, desc="training", unit="step", file=sys.stderr, disable=not show_progress or None)
+    model.train()
+    checkpoints = Path(out_dir) / CHECKPOINTS
+    try:
+        for epoch, batches in enumerate(epochs, 1):
+            for batch in batches:
+                features, labels = _features(model, batch, config, query_prompt, kb_prompt)
+                loss_value = loss_fn(features, labels)
+                loss_value.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.steps += 1
+                result.losses.append(float(loss_value.detach()))
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(result.losses[-20:]):.4f}")
+                if bar.disable and show_progress and (result.steps % max(1, total // 20) == 0 or result.steps == total):
+                    # no terminal (nohup, a log file): a plain line every 5% so the log still shows progress and ETA
+                    elapsed = time.monotonic() - started
+                    eta = elapsed / result.steps * (total - result.steps)
+                    print(f"training: step {result.steps}/{total}, epoch {epoch}, loss "
+                          f"{np.mean(result.losses[-20:]):.4f}, {elapsed / 60:.1f} min elapsed, ETA {eta / 60:.1f} min",
+                          file=sys.stderr, flush=True)
+                if config.max_steps and result.steps >= config.max_steps:
+                    result.stopped_early = f"--max-steps {config.max_steps}"
+                elif deadline and time.monotonic() > deadline:
+                    result.stopped_early = f"time budget of {config.time_budget_minutes:g} min"
+                if result.stopped_early:
+                    break
+            if result.stopped_early or epoch == config.epochs:
+                break
+            model.eval()
+            result.checkpoints.append(str(_save(model, checkpoints / f"epoch-{epoch}", base_dir)))
+            model.train()
+    except KeyboardInterrupt:
+        bar.close()
+        model.eval()
+        optimizer.zero_grad(set_to_none=True)
+        saved = _save(model, checkpoints / "interrupted", base_dir) if result.steps else None
+        raise TrainingInterruptedError(saved) from None
+    bar.close()
+    model.eval()
+    result.seconds = time.monotonic() - started
+    _save(model, Path(out_dir), base_dir)
+    return result
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaqSet:
+    name: str
+    kb: KnowledgeBase
+    queries: list[EvalQuery]
+
+
+@dataclass
+class ModelFigures:
+    """One model's validation: its calibration, and the FAQ and pair figures read with it."""
+
+    label: str
+    fingerprint: str
+    calibration: Calibration
+    faq: dict[str, FaqEvalResult]
+    pairs: dict[str, PairEvalResult]
+    seconds: float
+    encoder: Encoder
+
+
+def eval_encoder(model_dir: Path, settings: Settings, threads: int) -> Encoder:
+    """The model as `faqbot serve` would load it after a deploy (same prompts, length, KB prefix)."""
+    spec = EncoderSpec(spec=f"sentence-transformers:{Path(model_dir).resolve()}", kb_prefix=settings.kb_prefix,
+                       query_prompt=settings.query_prompt, passage_prompt=settings.passage_prompt,
+                       max_seq_length=settings.max_seq_length, threads=threads)
+    return load_encoder(spec)
+
+
+def fit_calibration(encoder: Encoder, settings: Settings, calibrate_pairs: Sequence[Path] | None, max_pairs: int,
+                    command: str) -> Calibration:
+    """Recalibrate the same way for every model: from labelled pairs if given, else from the configured KB."""
+    try:
+        if calibrate_pairs:
+            pair_sets = read_pair_files(list(calibrate_pairs), max_pairs=max_pairs)
+            total = sum(2 * len(p) for p in pair_sets.values())
+            fit = calibrate_from_pairs(encoder, pair_sets, command=command,
+                                       progress=progress_bar("calibrating (pairs)")(total))
+        else:
+            kb = load_kb(settings.kb)
+            fit = calibrate_from_kb(encoder, kb, command=command,
+                                    progress=progress_bar("calibrating (KB)")(2 * len(kb.texts())))
+    except CalibrationDataError as exc:
+        raise CliError(f"cannot recalibrate: {exc} (give --calibrate-pairs FILE.tsv with 0/1 labelled pairs)") from exc
+    except (EvalDataError, OSError) as exc:
+        raise CliError(f"--calibrate-pairs: {exc}") from exc
+    return fit.calibration
+
+
+def validate(label: str, encoder: Encoder, settings: Settings, faq_sets: Sequence[FaqSet],
+             pair_sets: dict[str, Any], calibrate_pairs: Sequence[Path] | None, calibrate_max_pairs: int,
+             command: str) -> ModelFigures:
+    started = time.monotonic()
+    cached = CachingEncoder(encoder)  # the FAQ benches are often built from the pair files: encode once
+    print(f"validating the {label} model ({encoder.fingerprint})", file=sys.stderr)
+    calibration = fit_calibration(cached, settings, calibrate_pairs, calibrate_max_pairs, command)
+    faq_results = {}
+    for faq_set in faq_sets:
+        advance = progress_bar(f"{label}: FAQ {faq_set.name}")(len(faq_set.kb.texts()) + len(faq_set.queries))
+        # threshold None: each model is read at its own recalibrated threshold (a KB default still wins)
+        faq_results[faq_set.name] = evaluate_faq(cached, faq_set.kb, faq_set.queries, calibration=calibration,
+                                                 progress=advance)
+    pair_results = {}
+    for name, pairs in pair_sets.items():
+        advance = progress_bar(f"{label}: pairs {name}")(2 * len(pairs))
+        pair_results[name] = evaluate_pairs(cached, pairs, calibration=calibration, progress=advance)
+    return ModelFigures(label, encoder.fingerprint, calibration, faq_results, pair_results,
+                        time.monotonic() - started, cached)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reasons: list[str]
+
+
+def gate(before: ModelFigures, after: ModelFigures, tolerance: float = 0.0) -> GateDecision:
+    """Deploy only if no held-out FAQ set lost overall accuracy (beyond `tolerance`) at the recalibrated threshold."""
+    if not before.faq:
+        return GateDecision(False, ["no held-out FAQ set to compare on (give --eval-kb KB --eval-queries Q.jsonl)"])
+    reasons, passed = [], True
+    for name, old in before.faq.items():
+        new = after.faq[name]
+        delta = new.overall_accuracy - old.overall_accuracy
+        ok = delta >= -tolerance - 1e-12
+        passed &= ok
+        verdict = "kept" if ok else "DROPPED"
+        reasons.append(f"{name}: overall accuracy {old.overall_accuracy:.4f} -> {new.overall_accuracy:.4f} "
+                       f"({delta:+.4f}, {verdict}; threshold {old.threshold:.4f} -> {new.threshold:.4f})")
+    return GateDecision(passed, reasons)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _delta(old: float | None, new: float | None, digits: int = 3) -> str:
+    if old is None or new is None or old != old or new != new:
+        return "–"
+    return f"{new - old:+.{digits}f}"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def plot_similarity(before: ModelFigures, after: ModelFigures, out_dir: Path) -> list[str]:
+    """Per eval set, cosine distributions before | after: pairs by label, FAQ queries by outcome."""
+    from admin.report import HIST_COLOURS, HIST_LABELS, _pyplot
+
+    plt = _pyplot()
+    images = []
+    for name in before.pairs:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+        for ax, figures in zip(axes, (before, after), strict=True):
+            result = figures.pairs[name]
+            bins = np.linspace(float(np.floor(result.cosines.min() * 50) / 50), 1.0, 51)
+            for value in np.unique(result.labels):
+                ax.hist(result.cosines[result.labels == value], bins=bins, alpha=0.55, label=f"label {value:g}")
+            ax.set_title(f"{figures.label}: {name} (ROC-AUC {_fmt(result.roc_auc)})")
+            ax.set_xlabel("cosine")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        image = f"pairs_{_slug(name)}.png"
+        fig.savefig(out_dir / image)
+        plt.close(fig)
+        images.append(image)
+    for name in before.faq:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+        for ax, figures in zip(axes, (before, after), strict=True):
+            result = figures.faq[name]
+            groups = result.similarity_groups()
+            values = np.concatenate([v for v in groups.values() if v.size] or [np.zeros(1)])
+            bins = np.linspace(float(np.floor(np.nanmin(values) * 50) / 50), 1.0, 51)
+            for group, sims in groups.items():
+                if sims.size:
+                    ax.hist(sims, bins=bins, alpha=0.55, color=HIST_COLOURS[group], label=f"{HIST_LABELS[group]} ({sims.size})")
+            ax.axvline(result.threshold, color="black", linestyle="--", label=f"threshold {result.threshold:.3f}")
+            ax.set_title(f"{figures.label}: FAQ {name} (top-1 {_fmt(result.top1)})")
+            ax.set_xlabel("cosine of the best-matching FAQ")
+            ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        image = f"faq_similarity_{_slug(name)}.png"
+        fig.savefig(out_dir / image)
+        plt.close(fig)
+        images.append(image)
+    return images
+
+
+def _map_points(faq_set: FaqSet, max_faqs: int) -> tuple[list[str], list[str], list[bool]]:
+    """Texts of the FAQs with the most ways of asking (question, paraphrases, held-out queries): (texts, faq ids, is KB text)."""
+    asked: dict[str, list[str]] = {}
+    for query in faq_set.queries:
+        if query.expected is not None:
+            asked.setdefault(query.expected, []).append(query.query)
+    ranked = sorted(faq_set.kb.faqs, key=lambda f: -(len(f.texts) + len(asked.get(f.id, []))))
+    texts, owners, is_kb = [], [], []
+    for faq in ranked[:max_faqs]:
+        if len(faq.texts) + len(asked.get(faq.id, [])) < 2:
+            break
+        for text in faq.texts:
+            texts.append(text)
+            owners.append(faq.id)
+            is_kb.append(True)
+        for text in asked.get(faq.id, [])[:15]:
+            texts.append(text)
+            owners.append(faq.id)
+            is_kb.append(False)
+    return texts, owners, is_kb
+
+
+def plot_faq_map(faq_set: FaqSet, before: ModelFigures, after: ModelFigures, out_dir: Path,
+                 max_faqs: int = 12) -> str | None:
+    """t-SNE of the most-asked FAQs' texts, before | after, one colour per FAQ (squares: KB texts)."""
+    from sklearn.manifold import TSNE
+
+    from admin.report import _pyplot
+
+    texts, owners, is_kb = _map_points(faq_set, max_faqs)
+    if len(set(owners)) < 2 or len(texts) < 6:
+        return None
+    plt = _pyplot()
+    colours = plt.get_cmap("tab20")
+    ids = list(dict.fromkeys(owners))
+    kb_mask = np.array(is_kb)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=100)
+    for ax, figures in zip(axes, (before, after), strict=True):
+        vectors = np.where(kb_mask[:, None], figures.encoder.encode_passages(texts), figures.encoder.encode_queries(texts))
+        perplexity = float(min(15, max(2, (len(texts) - 1) // 3)))
+        points = TSNE(n_components=2, metric="cosine", init="random", random_state=0,
+                      perplexity=perplexity).fit_transform(vectors)
+        for i, faq_id in enumerate(ids):
+            mine = np.array([o == faq_id for o in owners])
+            ax.scatter(points[mine & ~kb_mask, 0], points[mine & ~kb_mask, 1], s=18, color=colours(i % 20),
+                       label=faq_id)
+            ax.scatter(points[mine & kb_mask, 0], points[mine & kb_mask, 1], s=60, marker="s",
+                       color=colours(i % 20), edgecolors="black")
+        ax.set_title(f"{figures.label}: {faq_set.name}, {len(ids)} FAQs (t-SNE)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    image = f"faq_map_{_slug(faq_set.name)}.png"
+    fig.savefig(out_dir / image)
+    plt.close(fig)
+    return image
+
+
+def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: TrainConfig, train_result: TrainResult,
+                    before: ModelFigures, after: ModelFigures, decision: GateDecision | None,
+                    timings: dict[str, float], peak_rss_mb: float, images: Sequence[str],
+                    data_summary: dict[str, int]) -> str:
+    lines = [
+        "# Fine-tuning report", "",
+        f"Command: `{command}`  ", f"Base: `{base_dir}`  ", f"Fine-tuned: `{out_dir}`  ",
+        "Backend for both (same prompts, length and recalibration): `sentence-transformers`  ",
+        f"Calibration: {after.calibration.source}", "",
+        "## Training", "",
+        "| parameter | value |", "|---|---|",
+        f"| loss | {config.loss} |", f"| examples | {train_result.rows} ({', '.join(f'{k} {v}' for k, v in data_summary.items())}) |",
+        f"| steps | {train_result.steps} of {train_result.planned_steps} planned"
+        f"{' (' + train_result.stopped_early + ')' if train_result.stopped_early else ''} |",
+        f"| epochs / batch size / learning rate | {config.epochs} / {config.batch_size} / {config.learning_rate:g} |",
+        f"| max sequence length | {config.max_seq_length} tokens |",
+        f"| word embeddings | {'frozen' if config.freeze_embeddings else 'trained'} |",
+        f"| trainable layers | {'all' if config.trainable_layers is None else config.trainable_layers} |",
+        f"| trainable parameters | {train_result.trainable_parameters:,} |",
+        f"| threads | {config.threads} |",
+        f"| loss (first 20 steps → last 20) | {_fmt(float(np.mean(train_result.losses[:20])), 4)} → "
+        f"{_fmt(float(np.mean(train_result.losses[-20:])), 4)} |",
+        "", "| phase | wall time |", "|---|---|",
+        *(f"| {phase} | {seconds / 60:.1f} min ({seconds:.0f} s) |" for phase, seconds in timings.items()),
+        f"| peak memory (RSS) | {peak_rss_mb:,.0f} MB |", "",
+        "## Before / after", "",
+        "Each model is recalibrated the same way and read at its own recalibrated threshold.", "",
+        "| set | figure | base | fine-tuned | change |", "|---|---|---|---|---|",
+    ]
+    for name, old in before.faq.items():
+        new = after.faq[name]
+        for label, a, b in (("FAQ top-1", old.top1, new.top1), ("FAQ MRR@10", old.mrr10, new.mrr10),
+                            ("threshold (recalibrated)", old.threshold, new.threshold),
+                            ("overall accuracy at threshold", old.overall_accuracy, new.overall_accuracy),
+                            ("best overall accuracy (any threshold)", old.sweep.best_accuracy, new.sweep.best_accuracy)):
+            lines.append(f"| {name} | {label} | {_fmt(a, 4)} | {_fmt(b, 4)} | {_delta(a, b, 4)} |")
+    for name, old in before.pairs.items():
+        new = after.pairs[name]
+        if old.kind == "binary":
+            lines.append(f"| {name} | pair ROC-AUC | {_fmt(old.roc_auc, 4)} | {_fmt(new.roc_auc, 4)} | "
+                         f"{_delta(old.roc_auc, new.roc_auc, 4)} |")
+        else:
+            lines.append(f"| {name} | Spearman | {_fmt(old.spearman, 4)} | {_fmt(new.spearman, 4)} | "
+                         f"{_delta(old.spearman, new.spearman, 4)} |")
+    lines.append("")
+    if decision is not None:
+        lines += ["## Deploy gate", "", f"**{'PASSED' if decision.passed else 'REFUSED'}**: held-out overall "
+                  "accuracy must not drop on any FAQ set.", "", *(f"- {r}" for r in decision.reasons), ""]
+    lines += ["## Plots", ""]
+    for image in images:
+        lines += [f"![{image}]({image})", ""]
+    return "\n".join(lines)
+
+
+# --- deploy -------------------------------------------------------------------------------------
+
+
+def deployed_record_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / DEPLOYED_ENCODER_FILE
+
+
+def write_deployed(settings: Settings, record: dict[str, Any]) -> Path:
+    """Atomically record the deployed model (the previous record kept inside it, for the audit trail)."""
+    path = deployed_record_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        with contextlib.suppress(ValueError):
+            record = {**record, "previous": json.loads(path.read_text(encoding="utf-8"))}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool, calibrate_pairs: Sequence[Path] | None,
+           calibrate_max_pairs: int, command: str, report: Path | None) -> str:
+    """Switch the configured encoder to the fine-tuned model, rebuild the index with its calibration."""
+    if settings.encoder != "bundled":
+        raise CliError(f"FAQBOT_ENCODER/--encoder is {settings.encoder!r}: a deployed model replaces only the default "
+                       f"`bundled`; unset it, or set it to sentence-transformers:{out_dir} yourself")
+    spec = f"sentence-transformers:{Path(out_dir).resolve()}"
+    if onnx:
+        from index.onnx_export import export_onnx
+
+        print("exporting the fine-tuned model to ONNX int8", file=sys.stderr)
+        spec = f"onnx:{export_onnx(Path(out_dir), int8=True)[-1].resolve()}"
+    record = {"encoder": spec, "model_dir": str(Path(out_dir).resolve()),
+              "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,
+              "report": str(report) if report else None}
+    path = write_deployed(settings, record)
+    encoder = load_encoder(encoder_spec(settings))
+    calibration = after.calibration
+    if encoder.fingerprint != after.fingerprint:  # e.g. the int8 ONNX file: its cosines differ slightly
+        calibration = fit_calibration(CachingEncoder(encoder), settings, calibrate_pairs, calibrate_max_pairs, command)
+    kb = load_kb(settings.kb)
+    index = build_and_publish(settings, encoder, kb=kb, calibration=calibration,
+                              progress=progress_bar("encoding the KB")(len(kb.texts())))
+    return (f"deployed {spec} (recorded in {path}); index {index.version} built with it, threshold "
+            f"{calibration.threshold:.4f}. Restart `faqbot serve` to load the new encoder.")
+
+
+def undeploy(settings: Settings) -> str:
+    """Back to the bundled encoder: drop the record, rebuild the index."""
+    from bot.service import _previous_calibration
+
+    path = deployed_record_path(settings)
+    if not path.is_file():
+        return f"nothing deployed ({path} does not exist)"
+    path.replace(path.with_suffix(".json.undeployed"))
+    encoder = load_encoder(encoder_spec(settings))
+    kb = load_kb(settings.kb)
+    index = build_and_publish(settings, encoder, kb=kb, calibration=_previous_calibration(settings, encoder),
+                              progress=progress_bar("encoding the KB")(len(kb.texts())))
+    return f"undeployed: encoder {encoder.name}, index {index.version}. Restart `faqbot serve` to load it."
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def _command_line() -> str:
+    return "faqbot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def load_training_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[TrainRow], dict[str, int]]:
+    """Every source the command names, validated before anything heavy starts."""
+    rows: list[TrainRow] = []
+    summary: dict[str, int] = {}
+    for path in args.train or []:
+        loaded = load_training_file(path)
+        rows += loaded
+        summary[Path(path).name] = len(loaded)
+    if args.from_kb:
+        kb_rows = pairs_from_kb(load_kb(args.from_kb))
+        rows += kb_rows
+        summary["from KB"] = len(kb_rows)
+    if args.from_misses:
+        from bot.store import Store
+
+        store = Store(settings.resolved_database_url)
+        try:
+            miss_rows = pairs_from_misses(store.list_misses(status="resolved", limit=100_000), load_kb(settings.kb))
+        finally:
+            store.close()
+        rows += miss_rows
+        summary["from misses"] = len(miss_rows)
+    if not rows:
+        raise CliError("no training data: give --train FILE, --from-kb KB and/or --from-misses", 2)
+    return rows, summary
+
+
+def _eval_sets(args: argparse.Namespace) -> tuple[list[FaqSet], dict[str, Any]]:
+    kbs, query_files = args.eval_kb or [], args.eval_queries or []
+    if len(kbs) != len(query_files):
+        raise CliError("give --eval-kb and --eval-queries in pairs (one KB per queries file)", 2)
+    faq_sets = []
+    for kb_path, query_path in zip(kbs, query_files, strict=True):
+        name = Path(kb_path).name if Path(kb_path).is_dir() else Path(kb_path).parent.name
+        faq_sets.append(FaqSet(name or str(kb_path), load_kb(kb_path), load_queries(query_path)))
+    pair_sets = read_pair_files(args.eval_pairs, max_pairs=args.eval_max_pairs) if args.eval_pairs else {}
+    return faq_sets, pair_sets
+
+
+def config_from(args: argparse.Namespace, loss: str) -> TrainConfig:
+    return TrainConfig(
+        loss=loss, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
+        freeze_embeddings=not args.train_embeddings, trainable_layers=args.trainable_layers, pooling=args.pooling,
+        query_prompt=args.query_prompt, kb_prompt=args.kb_prompt, threads=args.threads, seed=args.seed,
+        max_steps=args.max_steps, time_budget_minutes=args.time_budget,
+    )
+
+
+def choose_loss(requested: str, rows: Sequence[TrainRow]) -> str:
+    """`auto`: MNRL when any row is a pair/triplet, CoSENT when every row is a scored pair."""
+    if requested != "auto":
+        return requested
+    return "mnrl" if any(r.positive for r in rows) else "cosent"
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.undeploy:
+        print(undeploy(settings))
+        return 0
+    command = _command_line()
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        rows, data_summary = load_training_rows(args, settings)
+        faq_sets, pair_sets = _eval_sets(args)
+    except (TrainingDataError, EvalDataError) as exc:
+        raise CliError(str(exc)) from exc
+    if args.deploy and not faq_sets:
+        raise CliError("--deploy needs a held-out FAQ set to gate on: --eval-kb KB --eval-queries Q.jsonl", 2)
+    loss = choose_loss(args.loss, rows)
+    out_dir = Path(args.out or Path(settings.data_dir) / "models" / f"finetuned-{datetime.now():%Y%m%d-%H%M%S}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
+        raise CliError(f"--out {out_dir} exists and is not empty (use --overwrite, or another directory)", 2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = config_from(args, loss)
+
+    base_dir = resolve_base(args.base, Path(settings.data_dir))
+    timings["base export / load"] = time.monotonic() - started
+    phase = time.monotonic()
+    model, query_prompt, kb_prompt = prepare_model(base_dir, config, settings.kb_prefix)
+    needs_mining = (args.from_kb or args.from_misses or args.mine_negatives) and loss == "mnrl"
+    if needs_mining:
+        mining_kb = load_kb(args.from_kb or settings.kb)
+        print("mining hard negatives: the FAQ the base model confuses each question with", file=sys.stderr)
+
+        def encode(texts: Sequence[str]) -> np.ndarray:
+            return model.encode(list(texts), prompt=query_prompt or None, normalize_embeddings=True,
+                                convert_to_numpy=True, batch_size=64, show_progress_bar=sys.stderr.isatty())
+
+        rows = mine_kb_negatives(rows, mining_kb, encode)
+    train_rows = sample_rows(rows_for_loss(intent_groups(rows), loss), args.max_examples, args.seed)
+    if not train_rows:
+        raise CliError(f"no usable examples for the {loss} loss (MNRL needs pairs that mean the same)")
+    timings["data + mining"] = time.monotonic() - phase
+    print(f"training {loss} on {len(train_rows)} examples from {data_summary}, base {base_dir}", file=sys.stderr)
+
+    before = None
+    if faq_sets or pair_sets:
+        phase = time.monotonic()
+        before = validate("base", eval_encoder(base_dir, settings, config.threads), settings, faq_sets, pair_sets,
+                          args.calibrate_pairs, args.calibrate_max_pairs, command)
+        timings["validation (base)"] = time.monotonic() - phase
+
+    phase = time.monotonic()
+    try:
+        result = train(model, base_dir, train_rows, out_dir, config, query_prompt, kb_prompt)
+    except TrainingInterruptedError as exc:
+        where = exc.checkpoint or "(no step finished: nothing saved)"
+        print(f"faqbot: interrupted; weights of the last finished step are in {where} "
+              "(a usable sentence-transformers model dir)", file=sys.stderr)
+        return 130
+    timings["training"] = time.monotonic() - phase
+    print(f"trained {result.steps} step(s) in {result.seconds:.0f} s"
+          + (f" (stopped early: {result.stopped_early})" if result.stopped_early else "") + f"; saved {out_dir}")
+
+    provenance: dict[str, Any] = {
+        "base": str(base_dir), "command": command, "data": data_summary, "loss": loss,
+        "config": config.__dict__, "steps": result.steps, "planned_steps": result.planned_steps,
+        "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 1),
+        "loss_first": result.losses[:1], "loss_last": result.losses[-1:],
+    }
+    decision = None
+    report_path = None
+    if before is not None:
+        phase = time.monotonic()
+        after = validate("fine-tuned", eval_encoder(out_dir, settings, config.threads), settings, faq_sets, pair_sets,
+                         args.calibrate_pairs, args.calibrate_max_pairs, command)
+        timings["validation (fine-tuned)"] = time.monotonic() - phase
+        decision = gate(before, after, args.gate_tolerance) if faq_sets else None
+        report_dir = out_dir / "report"
+        report_dir.mkdir(exist_ok=True)
+        images = plot_similarity(before, after, report_dir)
+        for faq_set in faq_sets:
+            image = plot_faq_map(faq_set, before, after, report_dir)
+            if image:
+                images.append(image)
+        timings["total"] = time.monotonic() - started
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        report_path = report_dir / "report.md"
+        report_path.write_text(report_markdown(
+            command=command, base_dir=base_dir, out_dir=out_dir, config=config, train_result=result, before=before,
+            after=after, decision=decision, timings=timings, peak_rss_mb=peak_mb, images=images,
+            data_summary=data_summary), encoding="utf-8")
+        provenance["figures"] = {
+            label: {"faq": {n: r.summary() for n, r in figures.faq.items()},
+                    "pairs": {n: r.summary() for n, r in figures.pairs.items()},
+                    "calibration_threshold": figures.calibration.threshold}
+            for label, figures in (("base", before), ("fine-tuned", after))
+        }
+        provenance["gate"] = decision.__dict__ if decision else None
+        _print_comparison(before, after)
+        print(f"report: {report_path}")
+    timings.setdefault("total", time.monotonic() - started)
+    provenance["timings_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    provenance["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, ensure_ascii=False, indent=2, default=str),
+                                           encoding="utf-8")
+    print(f"wall time {timings['total'] / 60:.1f} min, peak memory {provenance['peak_rss_mb']} MB")
+
+    if args.deploy:
+        assert decision is not None and before is not None  # --deploy requires FAQ sets (checked above)
+        for reason in decision.reasons:
+            print(f"  {reason}")
+        if not decision.passed:
+            print("deploy refused: held-out overall accuracy dropped; the configured encoder is unchanged")
+            return 3
+        print(deploy(settings, out_dir, after, onnx=args.onnx, calibrate_pairs=args.calibrate_pairs,
+                     calibrate_max_pairs=args.calibrate_max_pairs, command=command, report=report_path))
+    return 0
+
+
+def _print_comparison(before: ModelFigures, after: ModelFigures) -> None:
+    print("                                   base    fine-tuned")
+    for name, old in before.faq.items():
+        new = after.faq[name]
+        print(f"FAQ {name:12s} top-1             {_fmt(old.top1, 4)}  {_fmt(new.top1, 4)}")
+        print(f"FAQ {name:12s} overall accuracy  {_fmt(old.overall_accuracy, 4)}  {_fmt(new.overall_accuracy, 4)}"
+              f"   (thresholds {old.threshold:.4f} / {new.threshold:.4f})")
+    for name, old in before.pairs.items():
+        new = after.pairs[name]
+        print(f"pairs {name:16s} ROC-AUC  {_fmt(old.roc_auc, 4)}  {_fmt(new.roc_auc, 4)}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune the encoder on your own pairs; validate; --deploy if not worse",
+                              description="Fine-tune a sentence-transformers model on CPU (docs/finetune.md).")
+    _add_common(p)
+    data = p.add_argument_group("data")
+    data.add_argument("--base", default="bundled", help="bundled (exported once into the data dir) or a model directory")
+    data.add_argument("--train", type=Path, nargs="+", help="JSONL pairs/triplets/scored pairs, or TSV s1<TAB>s2<TAB>label")
+    data.add_argument("--from-kb", dest="from_kb", type=Path, help="also train on the paraphrases of this KB")
+    data.add_argument("--from-misses", dest="from_misses", action="store_true",
+                      help="also train on resolved misses (attached to an FAQ) from the miss log")
+    data.add_argument("--mine-negatives", dest="mine_negatives", action="store_true",
+                      help="give file pairs with an FAQ id a hard negative from the KB (always on for --from-kb/--from-misses)")
+    data.add_argument("--max-examples", dest="max_examples", type=int, help="train on a seeded sample of at most this many examples (after pairs are built)")
+    data.add_argument("--out", type=Path, help="output model directory (default <data_dir>/models/finetuned-<time>)")
+    data.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+
+    train_group = p.add_argument_group("training (defaults finish on a 2-core CPU)")
+    train_group.add_argument("--loss", choices=LOSSES, default="auto",
+                             help="auto: mnrl for pairs/triplets, cosent when all examples are scored pairs")
+    train_group.add_argument("--epochs", type=int, default=1)
+    train_group.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    train_group.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=3e-5)
+    train_group.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, default=0.1)
+    train_group.add_argument("--max-seq-length", dest="max_seq_length", type=int, default=64,
+                             help="tokens per text while training (default 64; FAQ questions are short)")
+    train_group.add_argument("--train-embeddings", dest="train_embeddings", action="store_true",
+                             help="also train the word-embedding matrix (250k rows for e5: 2x slower, more RAM)")
+    train_group.add_argument("--trainable-layers", dest="trainable_layers", type=int,
+                             help="train only the top N transformer layers (faster; default all)")
+    train_group.add_argument("--pooling", choices=POOLINGS, help="replace the base's pooling (default: keep it)")
+    train_group.add_argument("--query-prompt", dest="query_prompt", help="prefix for questions (default: the model's)")
+    train_group.add_argument("--kb-prompt", dest="kb_prompt", help="prefix for KB texts (default per FAQBOT_KB_PREFIX)")
+    train_group.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    train_group.add_argument("--seed", type=int, default=20240607)
+    train_group.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many steps")
+    train_group.add_argument("--time-budget", dest="time_budget", type=float,
+                             help="stop training after this many minutes (the model is saved normally)")
+
+    check = p.add_argument_group("validation and deploy")
+    check.add_argument("--eval-kb", dest="eval_kb", type=Path, action="append",
+                       help="held-out KB (repeatable, paired with --eval-queries)")
+    check.add_argument("--eval-queries", dest="eval_queries", type=Path, action="append",
+                       help="held-out {\"query\", \"expected\"} JSONL for the --eval-kb of the same position")
+    check.add_argument("--eval-pairs", dest="eval_pairs", type=Path, nargs="+", help="held-out pair TSV files (ROC-AUC)")
+    check.add_argument("--eval-max-pairs", dest="eval_max_pairs", type=int, help="seeded sample per --eval-pairs file")
+    check.add_argument("--calibrate-pairs", dest="calibrate_pairs", type=Path, nargs="+",
+                       help="0/1 pair TSV files to recalibrate both models with (default: from the configured KB)")
+    check.add_argument("--calibrate-max-pairs", dest="calibrate_max_pairs", type=int, default=2000,
+                       help="seeded sample per --calibrate-pairs file (default 2000)")
+    check.add_argument("--gate-tolerance", dest="gate_tolerance", type=float, default=0.0,
+                       help="accept a held-out overall-accuracy drop up to this (default 0: must not drop)")
+    check.add_argument("--deploy", action="store_true",
+                       help="if the gate passes: switch the encoder to the new model, rebuild + recalibrate the index")
+    check.add_argument("--onnx", action="store_true", help="with --deploy: serve it as ONNX int8 (faster on CPU)")
+    check.add_argument("--undeploy", action="store_true", help="go back to the bundled encoder (and rebuild the index)")
+    p.set_defaults(func=cmd_finetune)

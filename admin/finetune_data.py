@@ -1,0 +1,327 @@
+"""Training data for `faqbot finetune`: reading files, building pairs from the KB and the miss log,
+mining hard negatives, and batching (docs/finetune.md).
+
+Everything becomes `TrainRow`s: an anchor and a second text, either as a positive (with an optional
+negative: the MultipleNegativesRankingLoss shape) or with a score (the CoSENT / CosineSimilarityLoss
+shape). `rows_for_loss` turns a mixed set into what the chosen loss needs. Every text passes
+`index.text.sanitize` here, so training sees exactly what the encoder sees when serving.
+
+File formats (one example per line, UTF-8):
+- JSONL `{"query", "positive"}` pairs, `{"query", "positive", "negative"}` triplets (the seed format),
+  `{"sentence_a", "sentence_b", "label"}` scored pairs (0/1 or a 0-5 score);
+- TSV `s1<TAB>s2<TAB>label` (the benchmark files' format).
+A bad line (wrong keys, a blank line, bytes that are not UTF-8, an empty text) stops loading with
+`TrainingDataError("FILE:LINE: what is wrong")`: a silently skipped line would train on less than asked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faq import KnowledgeBase
+from index.text import match_key, sanitize
+
+TSV_SUFFIXES = (".tsv", ".txt")
+PAIR_KEYS = {"query", "positive"}
+TRIPLET_KEYS = {"query", "positive", "negative"}
+SCORED_KEYS = {"sentence_a", "sentence_b", "label"}
+# Optional keys a row may carry without changing its meaning (`faqbot misses export --training` writes faq_id).
+EXTRA_KEYS = {"faq_id", "group", "id"}
+
+EncodeFn = Callable[[Sequence[str]], np.ndarray]
+
+
+class TrainingDataError(ValueError):
+    """A training file or source that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """One training example. `positive` xor `score` is set by the source; `group` keeps rows of one
+    intent out of each other's in-batch negatives; `origin` is `FILE:LINE` (or `kb:<id>`) for messages."""
+
+    anchor: str
+    other: str
+    positive: bool | None = None  # True: (anchor, other) mean the same; None: see score
+    negative: str | None = None
+    score: float | None = None
+    group: str = ""
+    origin: str = ""
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def _text(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise TrainingDataError(f"{where}: \"{key}\" must be text, got {type(value).__name__}")
+    clean = sanitize(value)
+    if not clean:
+        raise TrainingDataError(f"{where}: \"{key}\" is empty")
+    return clean
+
+
+def _score(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TrainingDataError(f"{where}: label {value!r} is not a number")
+    try:
+        score = float(value)
+    except ValueError as exc:
+        raise TrainingDataError(f"{where}: label {value!r} is not a number") from exc
+    if not 0.0 <= score <= 5.0:
+        raise TrainingDataError(f"{where}: label {score:g} is outside 0..5 (use 0/1, or a 0-5 similarity score)")
+    return score
+
+
+def _lines(path: Path) -> Iterable[tuple[int, str]]:
+    """(line number, text) of each line, decoding line by line so a bad byte names its line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TrainingDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # Excel's UTF-8 byte-order mark
+    chunks = raw.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()  # the newline that ends the last line is not a line
+    for line_no, chunk in enumerate(chunks, 1):
+        try:
+            yield line_no, chunk.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise TrainingDataError(
+                f"{path}:{line_no}: not UTF-8 (byte 0x{chunk[exc.start]:02x} at column {exc.start + 1}); "
+                "save the file as UTF-8"
+            ) from exc
+
+
+def _json_row(obj: Any, where: str) -> TrainRow:
+    if not isinstance(obj, dict):
+        raise TrainingDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    keys = set(obj) - EXTRA_KEYS
+    group = str(obj.get("faq_id") or obj.get("group") or "")
+    if keys in (PAIR_KEYS, TRIPLET_KEYS):
+        negative = _text(obj["negative"], where, "negative") if "negative" in keys else None
+        return TrainRow(_text(obj["query"], where, "query"), _text(obj["positive"], where, "positive"),
+                        positive=True, negative=negative, group=group, origin=where)
+    if keys == SCORED_KEYS:
+        return TrainRow(_text(obj["sentence_a"], where, "sentence_a"), _text(obj["sentence_b"], where, "sentence_b"),
+                        score=_score(obj["label"], where), group=group, origin=where)
+    shown = ", ".join(sorted(obj)) or "none"
+    raise TrainingDataError(
+        f"{where}: keys {shown}; expected {{\"query\", \"positive\"}}, {{\"query\", \"positive\", \"negative\"}} "
+        "or {\"sentence_a\", \"sentence_b\", \"label\"}"
+    )
+
+
+def load_training_file(path: Path) -> list[TrainRow]:
+    """Read one JSONL or TSV training file (by suffix; `.tsv`/`.txt` are TSV) into rows."""
+    path = Path(path)
+    tsv = path.suffix.lower() in TSV_SUFFIXES
+    rows = []
+    for line_no, line in _lines(path):
+        where = f"{path}:{line_no}"
+        if not line.strip():
+            raise TrainingDataError(f"{where}: blank line (one example per line; remove empty lines)")
+        if tsv:
+            parts = line.split("\t")
+            if len(parts) != 3:
+                raise TrainingDataError(f"{where}: expected s1<TAB>s2<TAB>label, found {len(parts)} field(s)")
+            rows.append(TrainRow(_text(parts[0], where, "s1"), _text(parts[1], where, "s2"),
+                                 score=_score(parts[2].strip(), where), origin=where))
+        else:
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise TrainingDataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            rows.append(_json_row(obj, where))
+    if not rows:
+        raise TrainingDataError(f"{path}: no training examples")
+    return rows
+
+
+# --- from the KB and the miss log ---------------------------------------------------------------
+
+
+def pairs_from_kb(kb: KnowledgeBase, max_per_faq: int = 20) -> list[TrainRow]:
+    """Each paraphrase with its FAQ's question, and paraphrases of one FAQ with each other (capped per FAQ)."""
+    rows = []
+    for faq in kb.faqs:
+        texts = list(dict.fromkeys(sanitize(t) for t in faq.texts if sanitize(t)))
+        made = 0
+        for i, anchor in enumerate(texts[1:], 1):
+            for other in texts[:i]:
+                if made >= max_per_faq:
+                    break
+                rows.append(TrainRow(anchor, other, positive=True, group=faq.id, origin=f"kb:{faq.id}"))
+                made += 1
+    return rows
+
+
+def pairs_from_misses(miss_rows: Iterable[dict[str, Any]], kb: KnowledgeBase) -> list[TrainRow]:
+    """Resolved misses (attached to an FAQ, or made a new one) with that FAQ's question.
+
+    Same rules as `faqbot misses export --training`: the FAQ must still be in the KB, and a miss
+    that is just the FAQ's question again teaches nothing.
+    """
+    faqs = kb.by_id()
+    rows, seen = [], set()
+    for row in miss_rows:
+        faq = faqs.get(row.get("resolved_faq_id") or "")
+        if row.get("status") != "resolved" or row.get("resolved_action") not in ("attach", "new") or faq is None:
+            continue
+        message = sanitize(str(row.get("message") or ""))
+        key = (match_key(message), faq.id)
+        if not message or key in seen or key[0] == match_key(faq.question):
+            continue
+        seen.add(key)
+        rows.append(TrainRow(message, sanitize(faq.question), positive=True, group=faq.id,
+                             origin=f"miss:{row.get('id')}"))
+    return rows
+
+
+def mine_kb_negatives(rows: Sequence[TrainRow], kb: KnowledgeBase, encode: EncodeFn) -> list[TrainRow]:
+    """Give each KB-grouped row the question of the FAQ the model confuses its anchor with most.
+
+    "Confuses with" = the other FAQ whose best text is most similar to the anchor (the FAQ the bot
+    would answer if the right one were missing). Rows that already have a negative keep it.
+    """
+    faqs = [f for f in kb.faqs if f.id]
+    if len(faqs) < 2:
+        return list(rows)
+    texts = kb.texts()
+    owner = np.array([i for i, f in enumerate(faqs) for _ in f.texts])
+    kb_vectors = encode([sanitize(t) for _, t in texts])
+    position = {f.id: i for i, f in enumerate(faqs)}
+    todo = [i for i, r in enumerate(rows) if r.negative is None and r.group in position]
+    if not todo:
+        return list(rows)
+    anchors = encode([rows[i].anchor for i in todo])
+    sims = anchors @ kb_vectors.T
+    out = list(rows)
+    for row_index, row_sims in zip(todo, sims, strict=True):
+        per_faq = np.full(len(faqs), -np.inf)
+        np.maximum.at(per_faq, owner, row_sims)
+        per_faq[position[rows[row_index].group]] = -np.inf
+        confused = faqs[int(np.argmax(per_faq))]
+        out[row_index] = replace(rows[row_index], negative=sanitize(confused.question))
+    return out
+
+
+def intent_groups(rows: Sequence[TrainRow]) -> list[TrainRow]:
+    """Give rows without a group one from their texts: texts joined by positive rows form one intent."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    threshold = positive_min(rows)
+    for row in rows:
+        if row.positive or (row.score is not None and row.score >= threshold):
+            a, b = find(match_key(row.anchor)), find(match_key(row.other))
+            if a != b:
+                parent[a] = b
+    return [row if row.group else replace(row, group="t:" + find(match_key(row.anchor))) for row in rows]
+
+
+def positive_min(rows: Sequence[TrainRow]) -> float:
+    """Score from which a scored pair counts as "same intent": 1 for 0/1 labels, 4 for 0-5 scores."""
+    scores = {r.score for r in rows if r.score is not None}
+    return 1.0 if scores <= {0.0, 1.0} else 4.0
+
+
+def rows_for_loss(rows: Sequence[TrainRow], loss: str) -> list[TrainRow]:
+    """Reshape rows for a loss: `mnrl` needs (anchor, positive[, negative]); `cosent`/`cosine` need scores.
+
+    For `mnrl`, scored pairs at or above `positive_min` become positives, and a pair scored 0 that
+    shares a text with a positive gives that positive its hard negative (in BQ/LCQMC these
+    near-misses are the best negatives there are). For the score losses, a positive is scored 1 and
+    a triplet also yields (anchor, negative) scored 0; 0-5 scores are kept (CoSENT ranks them; the
+    cosine loss divides them by 5).
+    """
+    if loss == "mnrl":
+        threshold = positive_min(rows)
+        partners: dict[str, list[str]] = {}
+        for row in rows:
+            if row.score is not None and row.score == 0.0:
+                partners.setdefault(row.anchor, []).append(row.other)
+                partners.setdefault(row.other, []).append(row.anchor)
+        out = []
+        for row in rows:
+            if row.positive:
+                out.append(row)
+            elif row.score is not None and row.score >= threshold:
+                negative = next(iter(partners.get(row.anchor, []) + partners.get(row.other, [])), None)
+                out.append(replace(row, positive=True, score=None, negative=negative))
+        return out
+    out = []
+    for row in rows:
+        if row.score is not None:
+            out.append(row)
+        elif row.positive:
+            out.append(replace(row, positive=None, score=1.0, negative=None))
+            if row.negative is not None:
+                out.append(replace(row, other=row.negative, positive=None, score=0.0, negative=None))
+    return out
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+
+def mnrl_batches(rows: Sequence[TrainRow], batch_size: int, seed: int) -> list[list[TrainRow]]:
+    """Shuffled batches where no two rows share an intent group or a text.
+
+    With in-batch negatives, a second paraphrase of the same FAQ in the batch would be taught as
+    "different": the false negative this avoids. Rows with and without a hard negative go into
+    separate batches (a batch must have the same columns). Batches of one row teach nothing and
+    are dropped.
+    """
+    rng = random.Random(seed)
+    batches: list[list[TrainRow]] = []
+    for with_negative in (True, False):
+        pool = [r for r in rows if (r.negative is not None) == with_negative]
+        rng.shuffle(pool)
+        open_batches: list[tuple[list[TrainRow], set[str]]] = []
+        for row in pool:
+            keys = {"g:" + row.group, "t:" + match_key(row.anchor), "t:" + match_key(row.other)}
+            if row.negative is not None:
+                keys.add("t:" + match_key(row.negative))
+            # Only the newest few open batches are tried, so a KB dominated by one FAQ stays linear.
+            for position in range(len(open_batches) - 1, max(-1, len(open_batches) - 65), -1):
+                batch, used = open_batches[position]
+                if not keys & used:
+                    batch.append(row)
+                    used |= keys
+                    if len(batch) >= batch_size:
+                        batches.append(batch)
+                        del open_batches[position]
+                    break
+            else:
+                open_batches.append(([row], set(keys)))
+        batches.extend(b for b, _ in open_batches if len(b) > 1)
+    rng.shuffle(batches)
+    return batches
+
+
+def plain_batches(rows: Sequence[TrainRow], batch_size: int, seed: int) -> list[list[TrainRow]]:
+    pool = list(rows)
+    random.Random(seed).shuffle(pool)
+    return [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+
+
+def sample_rows(rows: Sequence[TrainRow], max_rows: int | None, seed: int) -> list[TrainRow]:
+    """A seeded sample of at most `max_rows` rows (file order kept), for a run that must fit a time budget."""
+    if max_rows is None or len(rows) <= max_rows:
+        return list(rows)
+    keep = sorted(random.Random(seed).sample(range(len(rows)), max_rows))
+    return [rows[i] for i in keep]

@@ -1,0 +1,283 @@
+"""`faqbot soak`: a bounded load test that proves nothing acknowledged is lost.
+
+    faqbot soak [--url URL] [--duration 60] [--concurrency 32] [--database-url URL]
+
+Without `--url` it starts its own `faqbot serve` on a free loopback port (a temp data dir, the
+configured KB, rate limits off) and stops it afterwards. `concurrency` clients ask for `duration`
+seconds a realistic mix: paraphrases of the KB (answered), new questions nobody asked before
+(misses), and the same few unanswered questions again and again (misses, cached vectors). It
+prints requests, throughput, errors, 429s, p50/p90/p99/max latency, and then looks up every
+`miss_id` the server acknowledged in the database: `lost` must be 0 (exit code 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bot.settings import Settings
+
+NEW_QUESTION_TEMPLATES = (
+    "第{n}号订单的发票抬头写错了还能改吗", "我在{n}号门店买的东西能在网上退吗", "编号{n}的优惠券为什么用不了",
+    "订单{n}显示已签收但我没收到", "会员卡{n}的积分被清零了怎么回事", "{n}号快递员态度很差怎么投诉",
+)
+REPEATED_MISSES = ("你们老板是谁", "今天股票涨了吗", "火星上能送货吗", "可以用比特币付款吗")
+
+
+@dataclass
+class SoakReport:
+    """What one soak measured (printed, and returned for tests)."""
+
+    url: str
+    duration_seconds: float
+    concurrency: int
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    rate_limited: int = 0
+    matched: int = 0
+    misses: int = 0
+    miss_ids: int = 0
+    misses_not_logged: int = 0
+    stored: int | None = None
+    lost: int | None = None
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    requests_per_second: float = 0.0
+    error_samples: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        verdict = "0 lost" if self.lost == 0 else f"{self.lost} LOST" if self.lost is not None else "not checked"
+        return [
+            f"soak {self.url}: {self.duration_seconds:.0f} s at concurrency {self.concurrency}",
+            f"  requests   {self.requests}  ({self.requests_per_second:.1f}/s)",
+            f"  ok         {self.ok}   errors {self.errors}   rate-limited (429) {self.rate_limited}",
+            f"  answered   {self.matched}   misses {self.misses}",
+            f"  latency    p50 {self.p50_ms:.1f} ms   p90 {self.p90_ms:.1f} ms   p99 {self.p99_ms:.1f} ms   "
+            f"max {self.max_ms:.1f} ms",
+            f"  miss log   {self.miss_ids} miss ids acknowledged, {self.stored} found in the database: {verdict}"
+            + (f"  ({self.misses_not_logged} answered with miss_logged=false)" if self.misses_not_logged else ""),
+        ]
+
+
+def _percentile(sorted_values: list[float], share: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(share * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def kb_questions(settings: Settings) -> list[str]:
+    """The KB's questions and paraphrases (what customers really ask); a few fixed ones without a KB."""
+    from faq import KBError, load_kb
+
+    try:
+        return [text for _, text in load_kb(settings.kb).texts()]
+    except (KBError, OSError):
+        return ["怎么退货", "可以开发票吗", "多久发货"]
+
+
+async def _client(base: str, deadline: float, questions: list[str], worker: int, report: SoakReport,
+                  latencies: list[float], miss_ids: list[int], http: httpx.AsyncClient) -> None:
+    rng = random.Random(worker)
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        roll = rng.random()
+        if roll < 0.6:
+            message = rng.choice(questions)
+        elif roll < 0.85:
+            message = rng.choice(NEW_QUESTION_TEMPLATES).format(n=f"{worker}-{n}")
+        else:
+            message = rng.choice(REPEATED_MISSES)
+        started = time.perf_counter()
+        try:
+            response = await http.post(base + "/chat", json={"message": message, "session_id": f"soak-{worker}",
+                                                             "channel": "soak"})
+        except httpx.HTTPError as exc:
+            report.requests += 1
+            report.errors += 1
+            if len(report.error_samples) < 5:
+                report.error_samples.append(repr(exc))
+            continue
+        latencies.append(time.perf_counter() - started)
+        report.requests += 1
+        if response.status_code == 429:
+            report.rate_limited += 1
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            continue
+        if response.status_code != 200:
+            report.errors += 1
+            if len(report.error_samples) < 5:
+                report.error_samples.append(f"{response.status_code} {response.text[:200]}")
+            continue
+        report.ok += 1
+        body = response.json()
+        if body.get("matched"):
+            report.matched += 1
+        else:
+            report.misses += 1
+            if body.get("miss_id") is not None:
+                miss_ids.append(int(body["miss_id"]))
+            elif body.get("miss_logged") is False:
+                report.misses_not_logged += 1
+
+
+async def run_load(base: str, *, duration: float, concurrency: int, questions: list[str]) -> tuple[SoakReport, list[int]]:
+    """`concurrency` clients asking for `duration` seconds; the report and every acknowledged miss id."""
+    report = SoakReport(url=base, duration_seconds=duration, concurrency=concurrency)
+    latencies: list[float] = []
+    miss_ids: list[int] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        deadline = started + duration
+        await asyncio.gather(*(_client(base, deadline, questions, w, report, latencies, miss_ids, http)
+                               for w in range(concurrency)))
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    report.duration_seconds = elapsed
+    report.requests_per_second = report.requests / elapsed if elapsed else 0.0
+    report.p50_ms, report.p90_ms, report.p99_ms = (_percentile(latencies, q) * 1000 for q in (0.5, 0.9, 0.99))
+    report.max_ms = latencies[-1] * 1000 if latencies else 0.0
+    report.miss_ids = len(miss_ids)
+    return report, miss_ids
+
+
+def count_stored(database_url: str, miss_ids: list[int]) -> int:
+    """How many distinct `miss_ids` are rows of the misses table. An id acknowledged twice stands for two
+    misses but one row, so `len(miss_ids) - count_stored(...)` counts it as lost."""
+    from sqlalchemy import func, select
+
+    from bot.store import make_engine, misses
+
+    engine = make_engine(database_url)
+    found = 0
+    try:
+        with engine.connect() as conn:
+            unique = sorted(set(miss_ids))
+            for i in range(0, len(unique), 500):
+                chunk = unique[i:i + 500]
+                found += int(conn.execute(select(func.count()).select_from(misses)
+                                          .where(misses.c.id.in_(chunk))).scalar_one())
+    finally:
+        engine.dispose()
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_server(settings: Settings, data_dir: Path, extra_env: dict[str, str] | None = None,
+               ready_seconds: float = 600.0) -> Iterator[tuple[str, str]]:
+    """`faqbot serve` on a free loopback port with rate limits off; yields (base URL, database URL)."""
+    port = _free_port()
+    database_url = settings.database_url or f"sqlite:///{data_dir.resolve() / 'faqbot.db'}"
+    env = {**os.environ, "FAQBOT_DATA_DIR": str(data_dir), "FAQBOT_RATE_LIMIT_ENABLED": "false",
+           "FAQBOT_LOG_LEVEL": "warning", "FAQBOT_DATABASE_URL": database_url, **(extra_env or {})}
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read after the run
+    proc = subprocess.Popen([sys.executable, "-m", "admin.cli", "serve", "--kb", str(Path(settings.kb).resolve()),
+                             "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_seconds
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the soak server exited with {proc.returncode}: {log.read()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the soak server was not ready within {ready_seconds:.0f} s")
+            time.sleep(0.2)
+        yield base, database_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+        os.unlink(log.name)
+
+
+def soak(settings: Settings, *, url: str | None, duration: float, concurrency: int,
+         database_url: str | None = None, data_dir: Path | None = None) -> SoakReport:
+    """Run one soak (starting a server unless `url`), then count the acknowledged misses in the database."""
+    questions = kb_questions(settings)
+    if url is not None:
+        report, miss_ids = asyncio.run(run_load(url.rstrip("/"), duration=duration, concurrency=concurrency,
+                                                questions=questions))
+        db_url = database_url or settings.resolved_database_url
+    else:
+        with contextlib.ExitStack() as stack:
+            folder = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="faqbot-soak-")))
+            base, db_url = stack.enter_context(own_server(settings, folder))
+            report, miss_ids = asyncio.run(run_load(base, duration=duration, concurrency=concurrency,
+                                                    questions=questions))
+            report.stored = count_stored(database_url or db_url, miss_ids)
+            report.lost = len(miss_ids) - report.stored
+            return report
+    report.stored = count_stored(db_url, miss_ids)
+    report.lost = len(miss_ids) - report.stored
+    return report
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from admin.cli import CliError, settings_from
+
+    if args.duration <= 0 or args.duration > 3600:
+        raise CliError("--duration: between 1 and 3600 seconds", 2)
+    if args.concurrency < 1 or args.concurrency > 1024:
+        raise CliError("--concurrency: between 1 and 1024", 2)
+    settings = settings_from(args)
+    try:
+        report = soak(settings, url=args.url, duration=args.duration, concurrency=args.concurrency,
+                      database_url=args.database_url, data_dir=args.data_dir if args.url is None else None)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"cannot reach the server or the database: {exc}") from exc
+    if args.json:
+        print(json.dumps(asdict(report), ensure_ascii=False, indent=2))
+    else:
+        print("\n".join(report.lines()))
+        for sample in report.error_samples:
+            print(f"  error: {sample}")
+    return 0 if report.lost == 0 and report.errors == 0 else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("soak", help="bounded load test; checks every acknowledged miss is in the database")
+    p.add_argument("--url", help="soak this running server (default: start one on loopback)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
+    p.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    p.add_argument("--database-url", dest="database_url",
+                   help="where the server logs misses (default: FAQBOT_DATABASE_URL or the data dir's SQLite)")
+    p.add_argument("--kb", type=Path, help="KB to serve and to draw questions from (FAQBOT_KB)")
+    p.add_argument("--data-dir", dest="data_dir", type=Path, help="data dir of the server it starts (default: temp)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_soak)
