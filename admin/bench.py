@@ -324,12 +324,14 @@ def _profile(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
 
 
 def run_phase(base: str, server: str, stream: str, source: QuestionStreams, concurrency: int,
-              seconds: float) -> Phase:
+              seconds: float, profile: bool = True) -> Phase:
+    """One phase; `profile=False` when /metrics is per worker process (a scrape reaches any one of them)."""
     phase = Phase(server, stream, concurrency, seconds)
     questions = _endless(source.unique if stream == "unique" else source.zipf)
-    before = _scrape(base)
+    before = _scrape(base) if profile else {}
     asyncio.run(_load(base, questions, concurrency, seconds, phase))
-    phase.server_profile = _profile(before, _scrape(base))
+    if profile:
+        phase.server_profile = _profile(before, _scrape(base))
     return phase
 
 
@@ -396,11 +398,11 @@ def bench_server(label: str, base: str, pid: int | None, source: QuestionStreams
     phases = []
     for stream in ("unique", "zipf"):
         for concurrency in CONCURRENCIES:
-            phase = run_phase(base, label, stream, source, concurrency, seconds)
+            phase = run_phase(base, label, stream, source, concurrency, seconds, profile=workers == 1)
             say(_phase_line(phase))
             phases.append(phase)
     if soak_seconds > 0:  # customer-like traffic (Zipf, cache on) at the highest concurrency, for longer
-        phase = run_phase(base, label, "zipf", source, 64, soak_seconds)
+        phase = run_phase(base, label, "zipf", source, 64, soak_seconds, profile=workers == 1)
         phase.stream = "soak-zipf"
         say(_phase_line(phase))
         phases.append(phase)
@@ -417,8 +419,12 @@ HEADER = (f"{'server':<24}{'stream':<12}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p9
 
 def _phase_line(p: Phase) -> str:
     prof = p.server_profile
-    profile = (f"batch {prof.get('mean_batch', 0):.1f}, encode {prof.get('encode_ms_per_batch', 0):.1f} ms/batch, "
-               f"queue {prof.get('queue_ms_per_batch', 0):.1f} ms, cache hits {100 * prof.get('cache_hit_ratio', 0):.0f}%")
+    profile = "n/a (one /metrics per worker process)"
+    if prof and not prof["mean_batch"]:
+        profile = f"no encoder worker (encode per request), cache hits {100 * prof['cache_hit_ratio']:.0f}%"
+    elif prof:
+        profile = (f"batch {prof['mean_batch']:.1f}, encode {prof['encode_ms_per_batch']:.1f} ms/batch, "
+                   f"queue {prof['queue_ms_per_batch']:.1f} ms, cache hits {100 * prof['cache_hit_ratio']:.0f}%")
     errors = f"{p.errors}" + (f" {p.error_kinds}" if p.error_kinds else "")
     return (f"{p.server:<24}{p.stream:<12}{p.concurrency:>5}{p.rps:>9.1f}{p.p50_ms:>9.1f}{p.p95_ms:>9.1f}"
             f"{p.p99_ms:>9.1f}{errors:>8}  {profile}")
@@ -511,7 +517,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for i, spec in enumerate(encoders):
                 data_dir = workdir / f"data{i}"
                 env = {**env_common, "FAQBOT_ENCODER": spec}  # the first server builds the index, the naive one reuses it
-                label = "batched" if i == 0 else f"batched {spec}"
+                label = "batched" if i == 0 else f"batched {spec.partition(':')[0]} #{i}"
                 with faqbot_server(kb_path, data_dir, env, workers=args.workers) as (base, proc):
                     runs[label] = bench_server(label, base, proc.pid, source, seconds, soak if i == 0 else 0.0,
                                                workers=args.workers, say=say)
@@ -533,6 +539,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = targets(bares[settings.encoder], batched_run, naive_run)
     for what, value, target, met in rows:
         say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
+    for i, spec in enumerate(args.extra_encoder, 1):
+        extra = next((run for label, run in runs.items() if label.endswith(f" #{i}")), None)
+        if extra is None:
+            continue
+        say(f"targets for #{i} {spec} (threads={threads}; no naive run):")
+        for what, value, target, met in targets(bares[spec], extra, None):
+            say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
     say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     report["runs"] = {k: asdict(v) for k, v in runs.items()}
     report["targets"] = [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in rows]

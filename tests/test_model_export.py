@@ -319,3 +319,12 @@ def test_onnx_encoder_is_thread_safe(onnx_fp32, sentences):
     assert len(results) == 12
     for r in results:
         np.testing.assert_allclose(r, expected, atol=1e-5)
+
+
+def test_int8_vectors_do_not_depend_on_the_batch(onnx_fp32, onnx_int8, sentences):
+    # dynamic int8 takes one activation scale per batch: the encoder runs such graphs text by text
+    assert onnx_int8.dynamic_quantized and onnx_int8.batch_size == 1
+    assert not onnx_fp32.dynamic_quantized and onnx_fp32.batch_size == 32
+    texts = [*sentences[:6], "这是一段很长的客服对话记录，" * 30]
+    alone = np.concatenate([onnx_int8.encode_queries([t]) for t in texts])
+    np.testing.assert_array_equal(onnx_int8.encode_queries(texts), alone)
