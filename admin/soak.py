@@ -16,11 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from admin.local_server import faqbot_server
 from bot.settings import Settings
 
 NEW_QUESTION_TEMPLATES = (
@@ -191,37 +189,10 @@ def _free_port() -> int:
 def own_server(settings: Settings, data_dir: Path, extra_env: dict[str, str] | None = None,
                ready_seconds: float = 600.0) -> Iterator[tuple[str, str]]:
     """`faqbot serve` on a free loopback port with rate limits off; yields (base URL, database URL)."""
-    port = _free_port()
     database_url = settings.database_url or f"sqlite:///{data_dir.resolve() / 'faqbot.db'}"
-    env = {**os.environ, "FAQBOT_DATA_DIR": str(data_dir), "FAQBOT_RATE_LIMIT_ENABLED": "false",
-           "FAQBOT_LOG_LEVEL": "warning", "FAQBOT_DATABASE_URL": database_url, **(extra_env or {})}
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read after the run
-    proc = subprocess.Popen([sys.executable, "-m", "admin.cli", "serve", "--kb", str(Path(settings.kb).resolve()),
-                             "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_seconds
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"the soak server exited with {proc.returncode}: {log.read()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the soak server was not ready within {ready_seconds:.0f} s")
-            time.sleep(0.2)
+    env = {"FAQBOT_DATA_DIR": str(data_dir), "FAQBOT_DATABASE_URL": database_url, **(extra_env or {})}
+    with faqbot_server(Path(settings.kb).resolve(), data_dir, env, ready_seconds=ready_seconds) as (base, _proc):
         yield base, database_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        os.unlink(log.name)
 
 
 def soak(settings: Settings, *, url: str | None, duration: float, concurrency: int,
