@@ -71,6 +71,7 @@ class Limits:
     per_ip: BucketSpec
     max_body_bytes: int
     timeout_seconds: float
+    exempt_ips: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -85,6 +86,7 @@ class Limits:
             per_ip=per_minute(settings.rate_limit_ip_per_minute, settings.rate_limit_ip_burst),
             max_body_bytes=settings.max_body_bytes,
             timeout_seconds=settings.request_timeout_seconds,
+            exempt_ips=frozenset(settings.rate_limit_exempt_ips),
         )
 
 
@@ -211,6 +213,8 @@ class ProtectionMiddleware:
         client = scope.get("client")
         ip = client[0] if client else "unknown"
         limits = self.limits
+        if ip in limits.exempt_ips:
+            return 0.0
         wait = self.shared.take(f"ip:{ip}", limits.per_ip)
         if wait > 0:
             return wait

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         600.0, gt=0, le=1_000_000, description="Ceiling per IP over all rate-limited routes, whatever session ids it sends (they are chosen by the client)."
     )
     rate_limit_ip_burst: int = Field(100, ge=1, le=1_000_000, description="Burst of the per-IP ceiling.")
+    rate_limit_exempt_ips: list[str] = Field(
+        ["127.0.0.1", "::1"],
+        description="Client IPs never rate limited (JSON list): by default loopback, i.e. tools and integrations on the same host. "
+        "Behind a proxy on the same host, make it send X-Forwarded-For (FORWARDED_ALLOW_IPS) or set this to `[]`.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000, description="Largest request body; larger (declared or streamed) gets HTTP 413 before it is read.")
     request_timeout_seconds: float = Field(
         15.0, gt=0, le=600, description="A public API request not answered within this gets HTTP 503 `timeout`, so slow calls cannot pile up."

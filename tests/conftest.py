@@ -22,10 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 ARTIFACTS = ROOT / "test-artifacts"
 
-# Tests send many requests from 127.0.0.1: rate limits are off unless a test turns them on
-# (`make_settings(rate_limit_enabled=True, ...)`, tests/test_limits.py). Servers started as
-# subprocesses inherit this through the environment.
-os.environ.setdefault("FAQBOT_RATE_LIMIT_ENABLED", "false")
+# Tests send their requests from 127.0.0.1, which the default settings exempt from rate limits (like any
+# same-host client); tests of the limits themselves set `rate_limit_exempt_ips=[]` (tests/test_limits.py).
 
 TINY_KB = textwrap.dedent(
     """\

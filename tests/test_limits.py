@@ -105,7 +105,7 @@ def _assert_429(response: httpx.Response) -> None:
 def test_chat_is_limited_per_session_and_per_ip(make_settings, bundled_encoder) -> None:
     from admin.server import build_app
 
-    settings = make_settings(rate_limit_enabled=True, rate_limit_chat_burst=3, rate_limit_chat_per_minute=6, rate_limit_ip_burst=8,
+    settings = make_settings(rate_limit_enabled=True, rate_limit_exempt_ips=[], rate_limit_chat_burst=3, rate_limit_chat_per_minute=6, rate_limit_ip_burst=8,
                              rate_limit_ip_per_minute=6)
     with serve_app(build_app(settings, encoder=bundled_encoder)) as base:
         assert [_chat(base, "怎么退货", "alice").status_code for _ in range(3)] == [200, 200, 200]
@@ -128,7 +128,7 @@ def test_similarity_and_webhooks_are_limited_per_ip(make_settings, bundled_encod
     from admin.server import build_app
 
     secret = "s3cret-for-the-generic-webhook"
-    settings = make_settings(rate_limit_enabled=True, rate_limit_similarity_burst=2, rate_limit_similarity_per_minute=6,
+    settings = make_settings(rate_limit_enabled=True, rate_limit_exempt_ips=[], rate_limit_similarity_burst=2, rate_limit_similarity_per_minute=6,
                              rate_limit_webhook_burst=2, rate_limit_webhook_per_minute=6, webhook_secret=secret)
     with serve_app(build_app(settings, encoder=bundled_encoder)) as base:
         pair = {"sentence_a": "怎么退货", "sentence_b": "退货流程"}
@@ -241,7 +241,7 @@ def test_limits_disabled_lets_everything_through(make_settings) -> None:
 
     limits = Limits.from_settings(make_settings(rate_limit_enabled=False))
     assert limits.enabled is False
-    limits = Limits.from_settings(make_settings(rate_limit_enabled=True, rate_limit_chat_per_minute=120,
+    limits = Limits.from_settings(make_settings(rate_limit_enabled=True, rate_limit_exempt_ips=[], rate_limit_chat_per_minute=120,
                                                 rate_limit_chat_burst=7))
     assert limits.enabled and limits.chat == BucketSpec(rate=2.0, burst=7)
 
