@@ -497,6 +497,7 @@ def export_bundled(out_dir: Path, progress: bool = True) -> Path:
     _write_json(out_dir / "config.json", _bert_config(bf))
     state = _state_dict(bf, progress)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "model.safetensors").chmod(0o644)  # safetensors creates it owner-only
     del state
 
     # sentence-transformers layout, in the classic format every version (2.x-6.x) loads

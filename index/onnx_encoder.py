@@ -19,7 +19,7 @@ Batch size: 32 for float graphs. A dynamically quantised (int8) graph computes o
 per batch, so a text's vector would depend on the texts batched with it (measured: cosine 0.997 on
 average, 0.994 at worst, between a text encoded alone and in a batch of 32; docs/models.md); such
 graphs are therefore run one text at a time by default, which keeps "same text, same vector" (a
-verbatim FAQ question matches itself at cosine 1.0) at the cost of ~1.8x lower batch throughput.
+verbatim FAQ question matches itself at cosine 1.0) at the cost of 20-35 % of batch throughput.
 Pass `batch_size` to choose otherwise.
 """
 
