@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from bot.api import router as api_router
+from bot.channels import drain_outbound, install_channels
 from bot.errors import FaqbotError, install_error_handlers
 from bot.limits import Limits, ProtectionMiddleware
 from bot.logging_setup import configure_logging
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
             yield
         finally:
             stop.set()
+            await drain_outbound(app)
             # uvicorn has finished the in-flight requests by now: commit every chat-log row and miss they logged.
             await asyncio.to_thread(service.stop_pipeline)
             shared.close()
@@ -89,8 +91,6 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
         max_age=600,
     )
     app.include_router(api_router)
-    from bot.channels import install_channels
-
     install_channels(app)
     channels = getattr(app.state, "channels", {})
     if shared.configured and channels:

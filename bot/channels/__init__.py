@@ -8,6 +8,8 @@ and asks the same question /chat would (miss log with `channel=<platform>`).
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI
 
 from bot.channels.base import Channel, ChannelContext
@@ -51,6 +53,7 @@ def install_channels(app: FastAPI) -> None:
     )
     channels = {cls.name: cls(context) for cls in CHANNEL_TYPES if cls.enabled(settings)}
     app.state.channels = channels
+    app.state.channel_context = context
     for channel in channels.values():
         path = f"/webhooks/{channel.name}"
         app.add_api_route(path, channel.handle, methods=["POST"], tags=["webhooks"], summary=channel.summary,
@@ -69,3 +72,15 @@ def install_channels(app: FastAPI) -> None:
         raise FaqbotError(404, "unknown_channel", f"no channel named {platform!r}; channels: {', '.join(PLATFORMS)}")
 
     app.add_api_route("/webhooks/{platform}", channel_off, methods=["GET", "POST"], include_in_schema=False)
+
+
+async def drain_outbound(app: FastAPI, timeout: float = 10.0) -> int:
+    """At shutdown, give replies still being delivered (Feishu, Slack) time to finish; returns how many did not."""
+    context: ChannelContext | None = getattr(app.state, "channel_context", None)
+    pending = set(context.background) if context else set()
+    if not pending:
+        return 0
+    _done, not_done = await asyncio.wait(pending, timeout=timeout)
+    for task in not_done:
+        task.cancel()
+    return len(not_done)
