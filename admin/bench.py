@@ -145,25 +145,22 @@ def run_bare(encoder: str, threads: int, kb_path: Path, seconds: float) -> dict[
 
 
 # --- memory ---------------------------------------------------------------------------------------
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+def _proc_kb(pid: int, file: str, field: str) -> float:
+    """One `Field:  N kB` figure of /proc/<pid>/<file>, in MB (0 when the process or the file is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return 0.0
+
+
+def _rss_mb(pid: int) -> float:
+    return _proc_kb(pid, "status", "VmRSS:")
 
 
 def _pss_mb(pid: int) -> float:
     """Proportional set size: shared pages (the mmapped model, libraries) split between the processes using them."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _proc_kb(pid, "smaps_rollup", "Pss:")
 
 
 def process_tree(pid: int) -> list[int]:

@@ -6,6 +6,7 @@ picks up a reload through the published index version (CURRENT) within seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -56,11 +57,9 @@ def _service(args: argparse.Namespace) -> FaqService:
     settings = settings_from(args)
     encoder = load_encoder(encoder_spec(settings))
     service = FaqService(settings, encoder=encoder)
-    try:
+    with contextlib.suppress(IndexUnavailableError, StaleIndexError):
         if service.refresh_if_published():
             return service
-    except (IndexUnavailableError, StaleIndexError):
-        pass
     service.use_index(ensure_index(settings, encoder, progress_factory=progress_bar("encoding the KB")))
     return service
 

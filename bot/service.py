@@ -7,6 +7,7 @@ same answer whichever way it arrives. It is built from explicit settings (no glo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -390,10 +391,8 @@ class FaqService:
         miss = None if decision.matched else self.miss_record(clean, decision, channel, session_id, index_version)
         writer = self.miss_writer
         if writer is not None and writer.running:
-            try:
+            with contextlib.suppress(RuntimeError):  # the writer closed meanwhile (shutdown): write here instead
                 return writer.log_turn(chat, miss)
-            except RuntimeError:  # the writer closed meanwhile (shutdown): write here instead
-                pass
         miss_id = self.store.log_miss(miss) if miss is not None else None
         self.store.log_chat(channel=chat.channel, session_id=chat.session_id, matched=chat.matched,
                             faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id)

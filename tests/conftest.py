@@ -107,8 +107,8 @@ def wait_ready(base: str, seconds: float = 120.0, proc: subprocess.Popen | None 
 class ThreadServer(uvicorn.Server):
     """uvicorn in a thread of the test process (port 0 -> a free port), stopped by the fixture."""
 
-    def install_signal_handlers(self) -> None:  # the main thread belongs to pytest
-        pass
+    def install_signal_handlers(self) -> None:
+        """Leave signals alone: the main thread belongs to pytest."""
 
     @contextlib.contextmanager
     def run_in_thread(self) -> Iterator[str]:
