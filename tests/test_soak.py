@@ -37,7 +37,8 @@ def test_soak_against_a_running_server_and_a_lost_miss_is_reported(make_settings
                                                                     tmp_path: Path) -> None:
     from admin.server import build_app
 
-    settings = make_settings(rate_limit_enabled=True, rate_limit_chat_burst=5, rate_limit_chat_per_minute=600)
+    settings = make_settings(rate_limit_enabled=True, rate_limit_exempt_ips=[], rate_limit_chat_burst=5,
+                             rate_limit_chat_per_minute=600)
     with serve_app(build_app(settings, encoder=bundled_encoder)) as base:
         report = soak(settings, url=base, duration=2.0, concurrency=4)
     assert report.errors == 0 and report.lost == 0 and report.miss_ids > 0
