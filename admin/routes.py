@@ -232,6 +232,17 @@ def index_info(admin: Admin) -> dict[str, Any]:
     }
 
 
+@router.get("/faqs")
+def faqs(admin: Admin) -> dict[str, Any]:
+    """Every FAQ of the live index (id, question, tags, file): what a miss can be attached to."""
+    if not admin.service.ready:
+        raise FaqbotError(503, "not_ready", admin.service.load_error or "the index is still loading")
+    return {"status": "success", "faqs": [
+        {"faq_id": f.id, "question": f.question, "tags": list(f.tags), "file": str(f.source or "")}
+        for f in admin.service.index.faqs
+    ]}
+
+
 @router.get("/lint")
 def lint(admin: Admin, min_similarity: Annotated[float | None, Query(ge=0.0, le=1.0)] = None) -> dict[str, Any]:
     """Exact duplicates, FAQ pairs the bot may confuse, paraphrases closer to another FAQ than to their own."""

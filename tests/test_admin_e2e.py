@@ -136,6 +136,9 @@ def test_miss_resolved_over_the_admin_api_is_answered_after_reload_without_downt
         index = httpx.get(base + "/admin/index", headers=AUTH).json()
         assert index["version"] == result["reload"]["version"] != version_before
         assert index["published_version"] == index["version"]
+        faqs = {f["faq_id"]: f for f in httpx.get(base + "/admin/faqs", headers=AUTH).json()["faqs"]}
+        assert faqs["shipping_time"]["question"] == "下单后多久发货？" and faqs["shipping_time"]["file"].endswith("faq.yaml")
+        assert len(faqs) == 5
         after = chat(base, MISSED)
         assert after["matched"] is True and after["faq_id"] == "shipping_time"
         assert after["index_version"] == index["version"]
@@ -231,7 +234,8 @@ def test_unauthorised_admin_calls_change_nothing(tmp_path, bundled_encoder):
             garbage = httpx.post(base + "/admin/reload", headers={**headers, "Content-Type": "application/json"},
                                  content=b"{not json")
             assert garbage.status_code == 401
-            for path in ("/admin/misses", "/admin/index", "/admin/lint", "/admin/stats", "/admin/misses/export"):
+            for path in ("/admin/misses", "/admin/index", "/admin/lint", "/admin/stats", "/admin/misses/export",
+                         "/admin/faqs"):
                 assert httpx.get(base + path, headers=headers).status_code == 401
         assert (kb / "faq.yaml").read_bytes() == before
         miss = httpx.get(base + f"/admin/misses/{miss_id}", headers=AUTH).json()["miss"]

@@ -46,6 +46,7 @@
         $("session-box").hidden = false;
         renderIndex(info);
         loadMisses();
+        loadFaqs().catch(function () { /* the picker falls back to the FAQs seen in candidates */ });
       })
       .catch(function (error) {
         sessionStorage.removeItem(TOKEN_KEY);
@@ -79,7 +80,16 @@
 
   // ------------------------------------------------------------------ index + reload
   function refreshIndex() {
-    return call("/admin/index").then(renderIndex).catch(function () { /* the page keeps the last known state */ });
+    return call("/admin/index").then(renderIndex).then(loadFaqs)
+      .catch(function () { /* the page keeps the last known state */ });
+  }
+
+  // Every FAQ of the live index, so "归入 FAQ ▾ → 其他 FAQ" can offer all of them, not only the ones seen so far.
+  function loadFaqs() {
+    return call("/admin/faqs").then(function (body) {
+      body.faqs.forEach(function (f) { knownFaqs[f.faq_id] = f.question; });
+      refreshFaqList();
+    });
   }
 
   function renderIndex(info) {
