@@ -430,8 +430,9 @@ class KbWatcher:
 
     def run(self, stop: threading.Event) -> None:
         service = self.rebuilder.service
-        while not service.ready and not stop.wait(self.interval):
-            pass
+        while not service.ready:  # watch from the first loaded index on, not while it is still building
+            if stop.wait(self.interval):
+                return
         kb_path = Path(self.rebuilder.settings.kb)
         seen = kb_signature(kb_path)
         while not stop.wait(self.interval):

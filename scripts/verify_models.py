@@ -660,12 +660,9 @@ def main(argv: list[str] | None = None) -> int:
 
         texts = token_strings(args.tokens) + normalisation_strings(read_bundled().norm_map)
         sets = {"raw": texts}
-        try:
-            from index.text import sanitize
+        from index.text import sanitize  # the project's one sanitiser: what the encoders really receive
 
-            sets["sanitised"] = list(dict.fromkeys(sanitize(t) for t in texts))
-        except ImportError:
-            pass
+        sets["sanitised"] = list(dict.fromkeys(sanitize(t) for t in texts))
         with tempfile.TemporaryDirectory() as tmp:
             engine = EngineTokenizer(Path(tmp))
             for label, strings in sets.items():
