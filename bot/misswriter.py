@@ -18,7 +18,6 @@ acknowledged that is not stored) and chat-log rows are kept and retried with a b
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from bot.store import MissRecord, Store, chat_log, misses, utcnow
+from bot.store import MissRecord, Store, chat_log, miss_row, misses, utcnow
 
 log = logging.getLogger("faqbot")
 
@@ -56,24 +55,6 @@ class _Turn:
     future: Future[int | None] | None
     created_at: Any = field(default_factory=utcnow)
     attempts: int = 0
-
-
-def miss_row(miss: MissRecord, created_at: Any) -> dict[str, Any]:
-    """The `misses` row of a record (the same columns `Store.log_miss` writes)."""
-    return {
-        "created_at": created_at,
-        "message": miss.message,
-        "match_key": miss.match_key,
-        "channel": miss.channel,
-        "session_id": miss.session_id,
-        "reason": miss.reason,
-        "best_faq_id": miss.best_faq_id,
-        "best_similarity": miss.best_similarity,
-        "best_percent": miss.best_percent,
-        "candidates": json.dumps(list(miss.candidates), ensure_ascii=False),
-        "index_version": miss.index_version,
-        "status": "open",
-    }
 
 
 class MissWriter:

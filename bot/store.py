@@ -171,6 +171,24 @@ class MissRecord:
     index_version: str | None
 
 
+def miss_row(miss: MissRecord, created_at: Any) -> dict[str, Any]:
+    """The `misses` row of a record: what `Store.log_miss` and the batched miss writer insert."""
+    return {
+        "created_at": created_at,
+        "message": miss.message,
+        "match_key": miss.match_key,
+        "channel": miss.channel,
+        "session_id": miss.session_id,
+        "reason": miss.reason,
+        "best_faq_id": miss.best_faq_id,
+        "best_similarity": miss.best_similarity,
+        "best_percent": miss.best_percent,
+        "candidates": json.dumps(list(miss.candidates), ensure_ascii=False),
+        "index_version": miss.index_version,
+        "status": "open",
+    }
+
+
 class Store:
     """Everything faqbot keeps in its database, behind plain methods."""
 
@@ -186,20 +204,7 @@ class Store:
         self.engine.dispose()
 
     def log_miss(self, miss: MissRecord) -> int:
-        row = {
-            "created_at": utcnow(),
-            "message": miss.message,
-            "match_key": miss.match_key,
-            "channel": miss.channel,
-            "session_id": miss.session_id,
-            "reason": miss.reason,
-            "best_faq_id": miss.best_faq_id,
-            "best_similarity": miss.best_similarity,
-            "best_percent": miss.best_percent,
-            "candidates": json.dumps(list(miss.candidates), ensure_ascii=False),
-            "index_version": miss.index_version,
-            "status": "open",
-        }
+        row = miss_row(miss, utcnow())
         with self.engine.begin() as conn:
             result = conn.execute(insert(misses).values(**row))
             return int(result.inserted_primary_key[0])

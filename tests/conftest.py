@@ -184,3 +184,55 @@ def faqbot_serve(kb: Path, data_dir: Path, *, env: dict[str, str] | None = None,
             proc.wait(5)
         log.close()
         os.unlink(log.name)
+
+
+TINY_BERT_CHARS = "是否支持开具发票你们的产品能吗可以票怎么退货我想操作流程什么下单后多久时候付款几天出修改登录密码忘了办如何重置会员积分有用抵现使"
+
+
+@pytest.fixture(scope="module")
+def tiny_st_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with a character WordPiece vocab, saved as a sentence-transformers dir."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny-bert")
+    hf_dir = root / "hf"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(TINY_BERT_CHARS)) + list("abcdefghijklmnopqrstuvwxyz?？"))}
+    backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    from tokenizers.processors import TemplateProcessing
+
+    backend.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    transformer = models.Transformer(str(hf_dir), max_seq_length=64)
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    model = SentenceTransformer(modules=[transformer, pooling], prompts={"query": "q ", "passage": "p "})
+    st_dir = root / "st"
+    model.save(str(st_dir))
+    return st_dir
+
+
+# Golden questions for the tiny KB (the regression gate of reloads).
+TINY_GOLDEN = """\
+version: 1
+tests:
+  - query: 下单之后多长时间发货
+    expected: shipping_time
+  - query: 退货要怎么弄
+    expected: return_howto
+  - query: 怎么改密码
+    expected: change_password
+  - query: 今天天气怎么样
+    expected: null
+"""

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TINY_KB, faqbot_serve, serve_app
+from tests.conftest import TINY_GOLDEN, TINY_KB, faqbot_serve, serve_app
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -20,18 +20,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # `shipping_time` scores ~0.91 against the tiny KB: a miss.
 MISSED = "我买的东西啥时候能寄出来"
 STABLE = "可以开票吗"  # a KB text: always answered by `invoice`
-GOLDEN = """\
-version: 1
-tests:
-  - query: 下单之后多长时间发货
-    expected: shipping_time
-  - query: 退货要怎么弄
-    expected: return_howto
-  - query: 怎么改密码
-    expected: change_password
-  - query: 今天天气怎么样
-    expected: null
-"""
+GOLDEN = TINY_GOLDEN
 
 
 def write_kb(tmp_path: Path) -> Path:

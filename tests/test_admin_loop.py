@@ -30,20 +30,9 @@ from admin.stats import compute_stats
 from bot.errors import FaqbotError
 from bot.service import FaqService, ensure_index
 from faq import KBError, load_kb
-from tests.conftest import TINY_KB
+from tests.conftest import TINY_GOLDEN, TINY_KB
 
-GOLDEN = """\
-version: 1
-tests:
-  - query: 下单之后多长时间发货
-    expected: shipping_time
-  - query: 退货要怎么弄
-    expected: return_howto
-  - query: 怎么改密码
-    expected: change_password
-  - query: 今天天气怎么样
-    expected: null
-"""
+GOLDEN = TINY_GOLDEN
 SHIPPING = ["我买的东西啥时候能寄出来", "我买的东西啥时候能寄出来", "我买的东西啥时候能寄出来？", "买的东西什么时候能寄出"]
 SERVICE_HOURS = ["你们周末有客服吗", "周末客服上班吗"]
 WEATHER = ["今天天气怎么样"]
