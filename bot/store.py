@@ -7,6 +7,8 @@ losing rows; any other SQLAlchemy URL (PostgreSQL) works with the same tables.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -144,8 +146,8 @@ def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            _enable_wal(cursor, busy_timeout_seconds)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
@@ -155,6 +157,25 @@ def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
         connect_args["connect_timeout"] = max(1, int(busy_timeout_seconds))
     return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
                          pool_timeout=busy_timeout_seconds, pool_recycle=1800, connect_args=connect_args)
+
+
+def _enable_wal(cursor: Any, timeout_seconds: float) -> None:
+    """Put the SQLite file in WAL mode (persistent: a no-op once any connection did it).
+
+    Switching modes needs the file to itself, and SQLite can refuse that at once, without waiting on
+    the busy timeout (seen with several workers opening a new database together): retry until the
+    timeout instead of failing a worker's start.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 @dataclass(frozen=True)

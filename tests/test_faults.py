@@ -191,6 +191,58 @@ def test_a_database_locked_for_a_moment_still_answers_and_the_miss_lands(make_se
         assert "miss_logged" not in r.json()
 
 
+class _RefusingCursor:
+    """A SQLite cursor whose database refuses the mode switch `refusals` times, as SQLite can at once
+    (not after its busy timeout) while another worker is opening the same new file."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals, self.mode, self.tries = refusals, "delete", 0
+
+    def execute(self, sql: str) -> _RefusingCursor:
+        if sql == "PRAGMA journal_mode=WAL":
+            self.tries += 1
+            if self.tries <= self.refusals:
+                raise sqlite3.OperationalError("database is locked")
+            self.mode = "wal"
+        return self
+
+    def fetchone(self) -> tuple[str]:
+        return (self.mode,)
+
+
+def test_opening_a_new_database_waits_out_a_refused_switch_to_wal() -> None:
+    from bot.store import _enable_wal
+
+    cursor = _RefusingCursor(refusals=3)
+    _enable_wal(cursor, timeout_seconds=5)
+    assert cursor.mode == "wal" and cursor.tries == 4
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _enable_wal(_RefusingCursor(refusals=10**6), timeout_seconds=0.2)  # bounded by the busy timeout
+
+
+OPEN_STORE = """
+import sys, time
+from bot.store import Store
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+Store("sqlite:///" + sys.argv[1]).close()
+"""
+
+
+@pytest.mark.slow
+def test_workers_opening_one_new_database_together_all_start(tmp_path: Path) -> None:
+    """`serve --workers N` and replicas on one data dir open a database nobody has created yet at once."""
+    for round_ in range(6):
+        db = tmp_path / f"round{round_}.db"
+        start = time.time() + 1.5  # every process imports first, then all open together
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, str(db), str(start)], cwd=ROOT,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_a_database_refusing_writes_answers_and_says_the_miss_was_not_logged(db_app) -> None:
     base, db, _ = db_app
     held = threading.Event()
