@@ -520,7 +520,7 @@ def _printer() -> Callable[[str], None]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="measure /chat against the bare encoder and a naive server (prints figures)")
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB); questions are drawn from it")
-    p.add_argument("--encoder", help="bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
+    p.add_argument("--encoder", help="auto (default) | bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
     p.add_argument("--threads", type=int, help="encoder threads per process (FAQBOT_ENCODER_THREADS)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the batched server (default 1)")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase (default 8)")

@@ -147,9 +147,11 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from bot.logging_setup import configure_logging
     from bot.service import ensure_index
 
     settings = settings_from(args)
+    configure_logging(settings.log_level, settings.log_format)  # the encoder's first-start export reports here
     encoder = _encoder(settings)
     index = ensure_index(settings, encoder, progress_factory=progress_bar("encoding the KB"))
     print(f"index {index.version}: {index.meta.n_faqs} FAQs; serving on http://{settings.host}:{settings.port}",
@@ -200,7 +202,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def _add_common(p: argparse.ArgumentParser, *, server: bool = False) -> None:
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB)")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="runtime data directory (FAQBOT_DATA_DIR)")
-    p.add_argument("--encoder", help="bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
+    p.add_argument("--encoder", help="auto (default) | bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
     if server:
         p.add_argument("--host", help="bind address (FAQBOT_HOST, default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port (FAQBOT_PORT, default 8000)")

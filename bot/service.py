@@ -50,7 +50,7 @@ RESULT_TIMEOUT_SECONDS = 60.0
 
 
 # `faqbot finetune --deploy` records the model it switched to in <data_dir>/models/active.json
-# (docs/finetune.md). It replaces only the default `bundled`: an explicit other FAQBOT_ENCODER wins.
+# (docs/finetune.md). It replaces only the defaults `auto`/`bundled`: an explicit other FAQBOT_ENCODER wins.
 DEPLOYED_ENCODER_FILE = Path("models") / "active.json"
 
 
@@ -70,7 +70,7 @@ def deployed_encoder(data_dir: Path) -> str | None:
 
 def encoder_spec(settings: Settings) -> EncoderSpec:
     spec = settings.encoder
-    if spec == "bundled":
+    if spec in ("auto", "bundled"):
         spec = deployed_encoder(settings.data_dir) or spec
     return EncoderSpec(
         spec=spec,
@@ -79,6 +79,7 @@ def encoder_spec(settings: Settings) -> EncoderSpec:
         passage_prompt=settings.passage_prompt,
         max_seq_length=settings.max_seq_length,
         threads=settings.encoder_threads,
+        models_dir=str(Path(settings.data_dir) / "models"),
     )
 
 

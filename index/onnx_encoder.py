@@ -131,7 +131,8 @@ class OnnxEncoder:
             dim = int(self._run(["x"]).shape[1])
         self._dim = int(dim)
         digest, dynamic_quant = _scan(self.path)
-        self._fingerprint = "onnx:" + digest
+        # the prefixes and the length change the vectors as much as the weights do (as for sentence-transformers)
+        self._fingerprint = f"onnx:{digest}:q={query_prefix!r}:p={passage_prefix!r}:len={self.max_seq_length}"
         self.dynamic_quantized = dynamic_quant
         # dynamically quantised graphs take one activation scale per batch: encode them one text at
         # a time so a text's vector never depends on its batch neighbours (see module doc)

@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 ARTIFACTS = ROOT / "test-artifacts"
 
+# The suite serves the bundled engine: the default `auto` encoder's one-time ONNX export (~30 s, 3 GB of RAM)
+# is tested once, on purpose, by tests/test_default_encoder.py, not triggered by every server a test starts.
+os.environ["FAQBOT_ENCODER"] = "bundled"
+
 # Tests send their requests from 127.0.0.1, which the default settings exempt from rate limits (like any
 # same-host client); tests of the limits themselves set `rate_limit_exempt_ips=[]` (tests/test_limits.py).
 
@@ -157,11 +161,16 @@ def live_app(make_settings, bundled_encoder) -> Iterator[str]:
 
 @contextlib.contextmanager
 def faqbot_serve(kb: Path, data_dir: Path, *, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = (), ready_seconds: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`faqbot serve` as a real subprocess on a free loopback port; stopped (then killed) on exit."""
+                 extra_args: tuple[str, ...] = (), ready_seconds: float = 180.0,
+                 log_file: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`faqbot serve` as a real subprocess on a free loopback port; stopped (then killed) on exit.
+
+    Its output goes to `log_file` when given (kept, for the test to read), else to a temporary file.
+    """
     port = free_port()
     full_env = {**os.environ, "FAQBOT_DATA_DIR": str(data_dir), **(env or {})}
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - outlives this block
+    log = (log_file.open("w+", encoding="utf-8") if log_file is not None
+           else tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False))  # noqa: SIM115 - outlives this block
     proc = subprocess.Popen(
         [sys.executable, "-m", "admin.cli", "serve", "--kb", str(kb), "--data-dir", str(data_dir),
          "--host", "127.0.0.1", "--port", str(port), *extra_args],
@@ -183,7 +192,8 @@ def faqbot_serve(kb: Path, data_dir: Path, *, env: dict[str, str] | None = None,
             proc.kill()
             proc.wait(5)
         log.close()
-        os.unlink(log.name)
+        if log_file is None:
+            os.unlink(log.name)
 
 
 TINY_BERT_CHARS = "是否支持开具发票你们的产品能吗可以票怎么退货我想操作流程什么下单后多久时候付款几天出修改登录密码忘了办如何重置会员积分有用抵现使"

@@ -236,7 +236,7 @@ def test_onnx_fp32_agrees_with_the_engine(onnx_fp32, sentences, reference):
 def test_onnx_int8_agrees_with_the_engine(onnx_int8, sentences, reference):
     cos = (onnx_int8.encode_queries(sentences) * reference).sum(axis=1)
     print(f"\nonnx int8 vs engine: mean {cos.mean():.5f} min {cos.min():.5f}")
-    assert cos.mean() >= 0.99 and cos.min() >= 0.97
+    assert cos.mean() >= 0.998 and cos.min() >= 0.99  # per-tensor or all-int8 matmuls fall below (docs/models.md)
 
 
 def test_passage_prefix_matches_engine_passages(exported, engine):
@@ -282,7 +282,7 @@ def test_onnx_encoder_contract(onnx_fp32, onnx_int8, exported):
         assert empty.shape == (0, 384) and empty.dtype == np.float32
         assert enc.dim == 384
         digest = hashlib.sha256((exported["dir"] / "onnx" / name).read_bytes()).hexdigest()[:16]
-        assert enc.fingerprint == "onnx:" + digest
+        assert enc.fingerprint == f"onnx:{digest}:q='query: ':p='query: ':len=512"
         assert name in enc.name
     assert onnx_fp32.fingerprint != onnx_int8.fingerprint
 
