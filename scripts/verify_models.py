@@ -523,11 +523,12 @@ def wait_for_idle(max_busy: float = 0.1, max_wait_s: float = 600.0) -> float:
 
 
 def check_speed(
-    model_dir: Path, threads_list: Sequence[int] = (1, 2), max_busy: float = 0.1, idle_wait_s: float = 600.0
+    model_dir: Path, threads_list: Sequence[int] = (1, 2), max_busy: float = 0.1, idle_wait_s: float = 600.0,
+    backends: Sequence[str] = BACKENDS,
 ) -> dict:
     """Each backend x threads in its own subprocess, each started when the machine is otherwise idle."""
     out: dict = {}
-    for backend in BACKENDS:
+    for backend in backends:
         for threads in threads_list:
             busy_before = wait_for_idle(max_busy, idle_wait_s)
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -631,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", action="store_true", help="measure speed (run on an otherwise idle machine)")
     ap.add_argument("--idle-wait", type=float, default=600.0, help="--speed: max seconds to wait for idle CPUs")
     ap.add_argument("--lcqmc", type=Path, default=None, help="LCQMC test.tsv for pair ROC-AUC per backend")
+    ap.add_argument("--speed-backends", default=",".join(BACKENDS), help="comma-separated backends for --speed")
     ap.add_argument("--lcqmc-backends", default=",".join(LCQMC_BACKENDS), help="comma-separated backends for --lcqmc")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: tokens,cosine")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here (merged into an existing file)")
@@ -712,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.speed:
         print("speed (single query p50, batch-of-16 texts/s):", flush=True)
-        report["speed"] = check_speed(args.model_dir, idle_wait_s=args.idle_wait)
+        report["speed"] = check_speed(args.model_dir, idle_wait_s=args.idle_wait,
+                                      backends=[b.strip() for b in args.speed_backends.split(",") if b.strip()])
     if args.lcqmc:
         print(f"LCQMC pair ROC-AUC ({args.lcqmc}):", flush=True)
         backends = [b.strip() for b in args.lcqmc_backends.split(",") if b.strip()]
