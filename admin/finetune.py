@@ -11,11 +11,13 @@ train -> validate -> deploy) on a plain CPU server (docs/finetune.md):
    CoSENT, CosineSimilarityLoss) — no `datasets`/`accelerate` needed — with CPU-aware defaults:
    the 250k-row word-embedding matrix frozen, 64 tokens, batches of 32; a progress bar with ETA,
    a checkpoint per epoch, and Ctrl-C saving the weights of the last finished step;
-4. validate: the base and the new model, on the same backend, each recalibrated the same way, on
-   held-out FAQ sets (`faqbot eval`'s metrics) and pair files; a Markdown report with PNG plots;
+4. validate: the base and the new model, on the same backend, each recalibrated the same way on
+   labelled pairs the model did not train on (`--holdout`: a text-grouped part of the training pairs;
+   `--calibrate-pairs` files minus any pair sharing a text with training), on held-out FAQ sets
+   (`faqbot eval`'s metrics) and pair files; a Markdown report with PNG plots;
 5. deploy (`--deploy`): only when no held-out FAQ set lost overall accuracy — records the model in
    `<data_dir>/models/active.json` (read by `bot.service.encoder_spec`), rebuilds the index with
-   the new calibration. `--undeploy` goes back to the bundled encoder.
+   the new calibration. `--undeploy` goes back to the default encoder.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import resource
 import shlex
 import shutil
@@ -49,6 +52,7 @@ from admin.evaluation import (
     EvalDataError,
     EvalQuery,
     FaqEvalResult,
+    LabelledPair,
     PairEvalResult,
     evaluate_faq,
     evaluate_pairs,
@@ -57,7 +61,11 @@ from admin.evaluation import (
 from admin.finetune_data import (
     TrainingDataError,
     TrainRow,
+    drop_seen,
+    has_labelled_pairs,
+    holdout_split,
     intent_groups,
+    labelled_pairs,
     load_training_file,
     mine_kb_negatives,
     mnrl_batches,
@@ -66,11 +74,13 @@ from admin.finetune_data import (
     plain_batches,
     rows_for_loss,
     sample_rows,
+    training_texts,
 )
 from bot.service import DEPLOYED_ENCODER_FILE, build_and_publish, encoder_spec
 from bot.settings import Settings
 from faq import KnowledgeBase, load_kb
 from index.calibration import Calibration
+from index.default_model import EXPORT_DIR, ensure_standard_export
 from index.encoders import Encoder, EncoderSpec, load_encoder
 
 if TYPE_CHECKING:
@@ -78,9 +88,13 @@ if TYPE_CHECKING:
 
 LOSSES = ("auto", "mnrl", "cosent", "cosine")
 POOLINGS = ("mean", "cls", "max")
-BUNDLED_DIR = Path("models") / "bundled"
+BUNDLED_DIR = Path("models") / EXPORT_DIR
 CHECKPOINTS = "checkpoints"
 PROVENANCE_FILE = "finetune.json"
+DEFAULT_HOLDOUT = 0.2  # of labelled training pairs, kept out of training to recalibrate on (docs/finetune.md)
+PAIR_SAMPLE_SEED = 20240607
+
+PairSets = dict[str, list[LabelledPair]]
 
 
 class TrainingInterruptedError(Exception):
@@ -97,17 +111,7 @@ class TrainingInterruptedError(Exception):
 def resolve_base(base: str, data_dir: Path, *, progress: bool = True) -> Path:
     """The base as a sentence-transformers directory: `bundled` is exported once into the data dir."""
     if base == "bundled":
-        target = Path(data_dir) / BUNDLED_DIR
-        if not all((target / name).is_file() for name in ("modules.json", "model.safetensors", "tokenizer.json")):
-            from index.bundled_export import export_bundled
-
-            print(f"exporting the bundled model to {target} (once; ~470 MB, no download)", file=sys.stderr)
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            export_bundled(partial, progress=progress)
-            shutil.rmtree(target, ignore_errors=True)
-            partial.rename(target)
-        return target.resolve()
+        return ensure_standard_export(Path(data_dir) / BUNDLED_DIR, progress=progress).resolve()
     path = Path(base)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise CliError(f"--base {base}: not 'bundled' nor a model directory (need config.json + weights; "
@@ -240,6 +244,7 @@ def _save(model: SentenceTransformer, target: Path, base_dir: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial), create_model_card=False)
+    _keep_model_kwargs(base_dir, partial)
     for name in ("LICENSE", "NOTICE"):
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, partial / name)
@@ -247,6 +252,20 @@ def _save(model: SentenceTransformer, target: Path, base_dir: Path) -> Path:
         shutil.rmtree(target)
     partial.rename(target)
     return target
+
+
+def _keep_model_kwargs(base_dir: Path, saved_dir: Path) -> None:
+    """sentence-transformers 6 drops the base's `model_args` (e.g. `add_pooling_layer: false`, the bundled
+    export has no pooler) on save: put them back, or every load warns of 'missing' pooler weights."""
+    from index.onnx_export import declared_model_kwargs
+
+    kwargs = declared_model_kwargs(base_dir)
+    config_file = saved_dir / "sentence_bert_config.json"
+    if not kwargs or not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["model_kwargs"] = {**config.get("model_kwargs", {}), **kwargs}
+    config_file.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
 
 
 def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], out_dir: Path, config: TrainConfig,
@@ -337,6 +356,7 @@ class FaqSet:
     name: str
     kb: KnowledgeBase
     queries: list[EvalQuery]
+    gate: bool = True  # False: reported only (the FAQ bench simulated from held-out training pairs)
 
 
 @dataclass
@@ -360,12 +380,13 @@ def eval_encoder(model_dir: Path, settings: Settings, threads: int) -> Encoder:
     return load_encoder(spec)
 
 
-def fit_calibration(encoder: Encoder, settings: Settings, calibrate_pairs: Sequence[Path] | None, max_pairs: int,
+def fit_calibration(encoder: Encoder, settings: Settings, calibrate_sets: PairSets | None,
                     command: str) -> Calibration:
-    """Recalibrate the same way for every model: from labelled pairs if given, else from the configured KB."""
+    """Recalibrate the same way for every model: from labelled pairs if given (held-out training pairs and/or
+    --calibrate-pairs, never pairs the model trained on), else from the configured KB."""
     try:
-        if calibrate_pairs:
-            pair_sets = read_pair_files(list(calibrate_pairs), max_pairs=max_pairs)
+        if calibrate_sets:
+            pair_sets = calibrate_sets
             total = sum(2 * len(p) for p in pair_sets.values())
             fit = calibrate_from_pairs(encoder, pair_sets, command=command,
                                        progress=progress_bar("calibrating (pairs)")(total))
@@ -374,19 +395,17 @@ def fit_calibration(encoder: Encoder, settings: Settings, calibrate_pairs: Seque
             fit = calibrate_from_kb(encoder, kb, command=command,
                                     progress=progress_bar("calibrating (KB)")(2 * len(kb.texts())))
     except CalibrationDataError as exc:
-        raise CliError(f"cannot recalibrate: {exc} (give --calibrate-pairs FILE.tsv with 0/1 labelled pairs)") from exc
-    except (EvalDataError, OSError) as exc:
-        raise CliError(f"--calibrate-pairs: {exc}") from exc
+        raise CliError(f"cannot recalibrate: {exc} (give --calibrate-pairs FILE.tsv with 0/1 labelled pairs "
+                       "the model does not train on, or --holdout 0.2 of a labelled training file)") from exc
     return fit.calibration
 
 
 def validate(label: str, encoder: Encoder, settings: Settings, faq_sets: Sequence[FaqSet],
-             pair_sets: dict[str, Any], calibrate_pairs: Sequence[Path] | None, calibrate_max_pairs: int,
-             command: str) -> ModelFigures:
+             pair_sets: dict[str, Any], calibrate_sets: PairSets | None, command: str) -> ModelFigures:
     started = time.monotonic()
     cached = CachingEncoder(encoder)  # the FAQ benches are often built from the pair files: encode once
     print(f"validating the {label} model ({encoder.fingerprint})", file=sys.stderr)
-    calibration = fit_calibration(cached, settings, calibrate_pairs, calibrate_max_pairs, command)
+    calibration = fit_calibration(cached, settings, calibrate_sets, command)
     faq_results = {}
     for faq_set in faq_sets:
         advance = progress_bar(f"{label}: FAQ {faq_set.name}")(len(faq_set.kb.texts()) + len(faq_set.queries))
@@ -407,13 +426,16 @@ class GateDecision:
     reasons: list[str]
 
 
-def gate(before: ModelFigures, after: ModelFigures, tolerance: float = 0.0) -> GateDecision:
-    """Deploy only if no held-out FAQ set lost overall accuracy (beyond `tolerance`) at the recalibrated threshold."""
-    if not before.faq:
+def gate(before: ModelFigures, after: ModelFigures, tolerance: float = 0.0,
+         names: Sequence[str] | None = None) -> GateDecision:
+    """Deploy only if no held-out FAQ set (of `names`, default all) lost overall accuracy (beyond `tolerance`)
+    at the recalibrated threshold."""
+    gated = [n for n in before.faq if names is None or n in names]
+    if not gated:
         return GateDecision(False, ["no held-out FAQ set to compare on (give --eval-kb KB --eval-queries Q.jsonl)"])
     reasons, passed = [], True
-    for name, old in before.faq.items():
-        new = after.faq[name]
+    for name in gated:
+        old, new = before.faq[name], after.faq[name]
         delta = new.overall_accuracy - old.overall_accuracy
         ok = delta >= -tolerance - 1e-12
         passed &= ok
@@ -545,12 +567,17 @@ def plot_faq_map(faq_set: FaqSet, before: ModelFigures, after: ModelFigures, out
 def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: TrainConfig, train_result: TrainResult,
                     before: ModelFigures, after: ModelFigures, decision: GateDecision | None,
                     timings: dict[str, float], peak_rss_mb: float, images: Sequence[str],
-                    data_summary: dict[str, int]) -> str:
+                    data_summary: dict[str, int], calibrate_sets: PairSets | None = None, heldout_rows: int = 0,
+                    simulated: Sequence[str] = ()) -> str:
+    calibrated_on = (", ".join(f"{name} ({len(pairs)} pairs)" for name, pairs in calibrate_sets.items())
+                     if calibrate_sets else "the configured KB")
     lines = [
         "# Fine-tuning report", "",
         f"Command: `{command}`  ", f"Base: `{base_dir}`  ", f"Fine-tuned: `{out_dir}`  ",
         "Backend for both (same prompts, length and recalibration): `sentence-transformers`  ",
-        f"Calibration: {after.calibration.source}", "",
+        f"Recalibrated on: {calibrated_on}"
+        + (f"; {heldout_rows} training examples held out for it (no text shared with training)" if heldout_rows else "")
+        + "  ", f"Calibration: {after.calibration.source}", "",
         "## Training", "",
         "| parameter | value |", "|---|---|",
         f"| loss | {config.loss} |", f"| examples | {train_result.rows} ({', '.join(f'{k} {v}' for k, v in data_summary.items())}) |",
@@ -568,7 +595,9 @@ def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: Trai
         *(f"| {phase} | {seconds / 60:.1f} min ({seconds:.0f} s) |" for phase, seconds in timings.items()),
         f"| peak memory (RSS) | {peak_rss_mb:,.0f} MB |", "",
         "## Before / after", "",
-        "Each model is recalibrated the same way and read at its own recalibrated threshold.", "",
+        "Each model is recalibrated the same way and read at its own recalibrated threshold."
+        + (f" `{'`, `'.join(simulated)}`: an FAQ bench simulated from the held-out training pairs (a development "
+           "figure for choosing parameters; not gated on)." if simulated else ""), "",
         "| set | figure | base | fine-tuned | change |", "|---|---|---|---|---|",
     ]
     for name, old in before.faq.items():
@@ -616,12 +645,12 @@ def write_deployed(settings: Settings, record: dict[str, Any]) -> Path:
     return path
 
 
-def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool, calibrate_pairs: Sequence[Path] | None,
-           calibrate_max_pairs: int, command: str, report: Path | None) -> str:
+def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool, calibrate_sets: PairSets | None,
+           command: str, report: Path | None) -> str:
     """Switch the configured encoder to the fine-tuned model, rebuild the index with its calibration."""
-    if settings.encoder != "bundled":
-        raise CliError(f"FAQBOT_ENCODER/--encoder is {settings.encoder!r}: a deployed model replaces only the default "
-                       f"`bundled`; unset it, or set it to sentence-transformers:{out_dir} yourself")
+    if settings.encoder not in ("auto", "bundled"):
+        raise CliError(f"FAQBOT_ENCODER/--encoder is {settings.encoder!r}: a deployed model replaces only the defaults "
+                       f"`auto`/`bundled`; unset it, or set it to sentence-transformers:{out_dir} yourself")
     spec = f"sentence-transformers:{Path(out_dir).resolve()}"
     if onnx:
         from index.onnx_export import export_onnx
@@ -631,11 +660,19 @@ def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool
     record = {"encoder": spec, "model_dir": str(Path(out_dir).resolve()),
               "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,
               "report": str(report) if report else None}
+    previous = deployed_record_path(settings).read_bytes() if deployed_record_path(settings).is_file() else None
     path = write_deployed(settings, record)
+    if encoder_spec(settings).spec != spec:  # the encoder setting does not read the deployed record: undo, say so
+        if previous is None:
+            path.unlink()
+        else:
+            path.write_bytes(previous)
+        raise CliError(f"the configured encoder ({settings.encoder!r}) does not pick up a deployed model; "
+                       f"set FAQBOT_ENCODER=sentence-transformers:{Path(out_dir).resolve()} yourself")
     encoder = load_encoder(encoder_spec(settings))
     calibration = after.calibration
     if encoder.fingerprint != after.fingerprint:  # e.g. the int8 ONNX file: its cosines differ slightly
-        calibration = fit_calibration(CachingEncoder(encoder), settings, calibrate_pairs, calibrate_max_pairs, command)
+        calibration = fit_calibration(CachingEncoder(encoder), settings, calibrate_sets, command)
     kb = load_kb(settings.kb)
     index = build_and_publish(settings, encoder, kb=kb, calibration=calibration,
                               progress=progress_bar("encoding the KB")(len(kb.texts())))
@@ -644,7 +681,7 @@ def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool
 
 
 def undeploy(settings: Settings) -> str:
-    """Back to the bundled encoder: drop the record, rebuild the index."""
+    """Back to the default encoder (`auto` or `bundled`, as configured): drop the record, rebuild the index."""
     from bot.service import _previous_calibration
 
     path = deployed_record_path(settings)
@@ -692,6 +729,87 @@ def load_training_rows(args: argparse.Namespace, settings: Settings) -> tuple[li
     return rows, summary
 
 
+def _sample(pairs: Sequence[LabelledPair], max_pairs: int | None) -> list[LabelledPair]:
+    """A seeded sample (file order kept), as `read_pair_files` samples."""
+    if max_pairs is None or len(pairs) <= max_pairs:
+        return list(pairs)
+    keep = sorted(random.Random(PAIR_SAMPLE_SEED).sample(range(len(pairs)), max_pairs))
+    return [pairs[i] for i in keep]
+
+
+def holdout_fraction(args: argparse.Namespace, rows: Sequence[TrainRow], validating: bool) -> float:
+    """`--holdout` as given; by default 0.2 when the command validates, has no --calibrate-pairs and the
+    training data holds labelled same/different pairs (a TSV or scored JSONL) to calibrate on."""
+    if args.holdout is not None:
+        if args.holdout and not validating:
+            raise CliError("--holdout keeps pairs for recalibrating at validation: give --eval-kb/--eval-queries "
+                           "and/or --eval-pairs too", 2)
+        return args.holdout
+    if validating and not args.calibrate_pairs and has_labelled_pairs(rows):
+        return DEFAULT_HOLDOUT
+    return 0.0
+
+
+def heldout_name(args: argparse.Namespace) -> str:
+    files = args.train or []
+    if len(files) == 1 and not args.from_kb and not args.from_misses:
+        path = Path(files[0])
+        return f"{path.parent.name}/{path.stem} held out" if path.parent.name else f"{path.stem} held out"
+    return "training data held out"
+
+
+def heldout_faq_set(heldout: Sequence[TrainRow], name: str) -> FaqSet | None:
+    """An FAQ bench simulated from the held-out pairs (as calibration simulates one): a development figure
+    for choosing training parameters without looking at the test sets. Reported, not gated on."""
+    from admin.calibrate import faq_bench_from_pairs
+
+    kb, queries = faq_bench_from_pairs(labelled_pairs(heldout), name="heldout")
+    if len(kb.faqs) < 2 or not any(q.expected for q in queries):
+        return None
+    return FaqSet(f"{name} (simulated)", kb, queries, gate=False)
+
+
+def calibration_sets(args: argparse.Namespace, train_rows: Sequence[TrainRow], heldout: Sequence[TrainRow],
+                     name: str) -> PairSets | None:
+    """Labelled pairs to recalibrate both models on: the held-out part of the training data, plus the
+    --calibrate-pairs files with every pair that shares a text with the training data dropped (a
+    threshold fitted on pairs the model trained on does not transfer to new questions). None: use the KB."""
+    sets: PairSets = {}
+    if heldout:
+        pairs = labelled_pairs(heldout)
+        if pairs:
+            sets[name] = _sample(pairs, args.calibrate_max_pairs)
+    if args.calibrate_pairs:
+        seen = training_texts(train_rows)
+        try:
+            files = read_pair_files(list(args.calibrate_pairs))
+        except (EvalDataError, OSError) as exc:
+            raise CliError(f"--calibrate-pairs: {exc}") from exc
+        for file_name, pairs in files.items():
+            kept, dropped = drop_seen(pairs, seen)
+            if dropped:
+                print(f"warning: --calibrate-pairs {file_name}: {dropped} of {len(pairs)} pairs share a text with the "
+                      f"training data; dropped (calibrating on training data fits a threshold that does not transfer"
+                      f"{'; use --holdout to keep part of the training file for calibration' if not kept else ''})",
+                      file=sys.stderr)
+            if kept:
+                sets[file_name] = _sample(kept, args.calibrate_max_pairs)
+        if not sets:
+            raise CliError("--calibrate-pairs: every pair shares a text with the training data; give pairs the model "
+                           "does not train on, or --holdout 0.2 to keep part of the training file for calibration", 2)
+    return sets or None
+
+
+def warn_eval_overlap(pair_sets: dict[str, Any], train_rows: Sequence[TrainRow]) -> None:
+    """Pair figures on texts the model trained on flatter it: say so (the figures are still computed)."""
+    seen = training_texts(train_rows)
+    for name, pairs in pair_sets.items():
+        _, shared = drop_seen(pairs, seen)
+        if shared:
+            print(f"warning: --eval-pairs {name}: {shared} of {len(pairs)} pairs share a text with the training data; "
+                  "their figures flatter the fine-tuned model", file=sys.stderr)
+
+
 def _eval_sets(args: argparse.Namespace) -> tuple[list[FaqSet], dict[str, Any]]:
     kbs, query_files = args.eval_kb or [], args.eval_queries or []
     if len(kbs) != len(query_files):
@@ -736,6 +854,28 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if args.deploy and not faq_sets:
         raise CliError("--deploy needs a held-out FAQ set to gate on: --eval-kb KB --eval-queries Q.jsonl", 2)
+    validating = bool(faq_sets or pair_sets)
+    fraction = holdout_fraction(args, rows, validating)
+    heldout: list[TrainRow] = []
+    holdout_label = heldout_name(args)
+    if fraction > 0:
+        try:
+            rows, heldout = holdout_split(rows, fraction, args.seed)
+        except TrainingDataError as exc:
+            raise CliError(str(exc), 2) from exc
+        if not rows or not heldout:
+            raise CliError(f"--holdout {fraction:g}: the training data is one connected group of texts and cannot "
+                           "be split; give --calibrate-pairs FILE.tsv instead", 2)
+        data_summary["of them held out for calibration"] = len(heldout)
+        print(f"holding out {len(heldout)} of {len(rows) + len(heldout)} training examples ({fraction:g}, grouped by "
+              "text: no text in both parts) to recalibrate both models on", file=sys.stderr)
+    calibrate_sets = calibration_sets(args, rows, heldout, holdout_label) if validating else None
+    if heldout and validating:
+        simulated = heldout_faq_set(heldout, holdout_label)
+        if simulated is not None:
+            faq_sets.append(simulated)
+        pair_sets[holdout_label] = _sample(labelled_pairs(heldout), args.eval_max_pairs)
+    warn_eval_overlap({n: p for n, p in pair_sets.items() if n != holdout_label}, rows)
     loss = choose_loss(args.loss, rows)
     out_dir = Path(args.out or Path(settings.data_dir) / "models" / f"finetuned-{datetime.now():%Y%m%d-%H%M%S}")
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
@@ -767,7 +907,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if faq_sets or pair_sets:
         phase = time.monotonic()
         before = validate("base", eval_encoder(base_dir, settings, config.threads), settings, faq_sets, pair_sets,
-                          args.calibrate_pairs, args.calibrate_max_pairs, command)
+                          calibrate_sets, command)
         timings["validation (base)"] = time.monotonic() - phase
 
     phase = time.monotonic()
@@ -787,19 +927,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "config": config.__dict__, "steps": result.steps, "planned_steps": result.planned_steps,
         "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 1),
         "loss_first": result.losses[:1], "loss_last": result.losses[-1:],
+        "holdout": {"fraction": fraction, "train_rows": len(rows), "heldout_rows": len(heldout)},
+        "calibration_pairs": {n: len(p) for n, p in (calibrate_sets or {}).items()},
     }
     decision = None
     report_path = None
     if before is not None:
         phase = time.monotonic()
         after = validate("fine-tuned", eval_encoder(out_dir, settings, config.threads), settings, faq_sets, pair_sets,
-                         args.calibrate_pairs, args.calibrate_max_pairs, command)
+                         calibrate_sets, command)
         timings["validation (fine-tuned)"] = time.monotonic() - phase
-        decision = gate(before, after, args.gate_tolerance) if faq_sets else None
+        gated = [s.name for s in faq_sets if s.gate]
+        decision = gate(before, after, args.gate_tolerance, gated) if gated else None
         report_dir = out_dir / "report"
         report_dir.mkdir(exist_ok=True)
         images = plot_similarity(before, after, report_dir)
-        for faq_set in faq_sets:
+        for faq_set in (s for s in faq_sets if s.gate):
             image = plot_faq_map(faq_set, before, after, report_dir)
             if image:
                 images.append(image)
@@ -809,7 +952,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         report_path.write_text(report_markdown(
             command=command, base_dir=base_dir, out_dir=out_dir, config=config, train_result=result, before=before,
             after=after, decision=decision, timings=timings, peak_rss_mb=peak_mb, images=images,
-            data_summary=data_summary), encoding="utf-8")
+            data_summary=data_summary, calibrate_sets=calibrate_sets, heldout_rows=len(heldout),
+            simulated=[s.name for s in faq_sets if not s.gate]), encoding="utf-8")
         provenance["figures"] = {
             label: {"faq": {n: r.summary() for n, r in figures.faq.items()},
                     "pairs": {n: r.summary() for n, r in figures.pairs.items()},
@@ -833,8 +977,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if not decision.passed:
             print("deploy refused: held-out overall accuracy dropped; the configured encoder is unchanged")
             return 3
-        print(deploy(settings, out_dir, after, onnx=args.onnx, calibrate_pairs=args.calibrate_pairs,
-                     calibrate_max_pairs=args.calibrate_max_pairs, command=command, report=report_path))
+        print(deploy(settings, out_dir, after, onnx=args.onnx, calibrate_sets=calibrate_sets, command=command,
+                     report=report_path))
     return 0
 
 
@@ -895,14 +1039,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="held-out {\"query\", \"expected\"} JSONL for the --eval-kb of the same position")
     check.add_argument("--eval-pairs", dest="eval_pairs", type=Path, nargs="+", help="held-out pair TSV files (ROC-AUC)")
     check.add_argument("--eval-max-pairs", dest="eval_max_pairs", type=int, help="seeded sample per --eval-pairs file")
+    check.add_argument("--holdout", type=float, metavar="FRACTION",
+                       help="keep this fraction of the training pairs out of training (grouped by text: no text in both "
+                            "parts) and recalibrate both models on it; default 0.2 when the training data has 0/1 "
+                            "labelled pairs and no --calibrate-pairs is given, else 0 (none)")
     check.add_argument("--calibrate-pairs", dest="calibrate_pairs", type=Path, nargs="+",
-                       help="0/1 pair TSV files to recalibrate both models with (default: from the configured KB)")
+                       help="0/1 pair TSV files to recalibrate both models with (pairs sharing a text with the training "
+                            "data are dropped; default: the --holdout part, else the configured KB)")
     check.add_argument("--calibrate-max-pairs", dest="calibrate_max_pairs", type=int, default=2000,
-                       help="seeded sample per --calibrate-pairs file (default 2000)")
+                       help="seeded sample per calibration pair set (default 2000)")
     check.add_argument("--gate-tolerance", dest="gate_tolerance", type=float, default=0.0,
                        help="accept a held-out overall-accuracy drop up to this (default 0: must not drop)")
     check.add_argument("--deploy", action="store_true",
                        help="if the gate passes: switch the encoder to the new model, rebuild + recalibrate the index")
     check.add_argument("--onnx", action="store_true", help="with --deploy: serve it as ONNX int8 (faster on CPU)")
-    check.add_argument("--undeploy", action="store_true", help="go back to the bundled encoder (and rebuild the index)")
+    check.add_argument("--undeploy", action="store_true", help="go back to the default encoder, auto or bundled (and rebuild the index)")
     p.set_defaults(func=cmd_finetune)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from admin.evaluation import LabelledPair
 from faq import KnowledgeBase
 from index.text import match_key, sanitize
 
@@ -325,3 +326,94 @@ def sample_rows(rows: Sequence[TrainRow], max_rows: int | None, seed: int) -> li
         return list(rows)
     keep = sorted(random.Random(seed).sample(range(len(rows)), max_rows))
     return [rows[i] for i in keep]
+
+
+# --- held-out calibration pairs -----------------------------------------------------------------
+
+
+def _text_components(rows: Sequence[TrainRow]) -> list[int]:
+    """For each row, the id of its connected component of texts (rows sharing any text, even via a
+    negative or a label-0 pair, are connected)."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    def texts(row: TrainRow) -> list[str]:
+        return [match_key(t) for t in (row.anchor, row.other, row.negative) if t is not None]
+
+    for row in rows:
+        first, *others = texts(row)
+        for other in others:
+            a, b = find(first), find(other)
+            if a != b:
+                parent[b] = a
+    roots: dict[str, int] = {}
+    return [roots.setdefault(find(texts(row)[0]), len(roots)) for row in rows]
+
+
+def holdout_split(rows: Sequence[TrainRow], fraction: float, seed: int) -> tuple[list[TrainRow], list[TrainRow]]:
+    """(train, held out): about `fraction` of the rows held out, grouped by text so no text (after
+    `match_key`) is in both parts — a held-out pair is then truly unseen, not a re-worded training pair.
+
+    Whole connected components of texts go to one side, taken in a seeded shuffle until the held-out
+    part reaches the fraction; file order is kept on both sides. Deterministic for a seed.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise TrainingDataError(f"--holdout {fraction:g}: give a fraction between 0 and 1 (e.g. 0.2), or 0 for none")
+    component = _text_components(rows)
+    sizes: dict[int, int] = {}
+    for c in component:
+        sizes[c] = sizes.get(c, 0) + 1
+    order = list(sizes)
+    random.Random(seed).shuffle(order)
+    target, held, chosen = fraction * len(rows), 0, set()
+    for c in order:
+        if held >= target:
+            break
+        if held + sizes[c] > target and held and abs(held + sizes[c] - target) > abs(held - target):
+            continue  # a big component that would overshoot: try smaller ones
+        chosen.add(c)
+        held += sizes[c]
+    train = [r for r, c in zip(rows, component, strict=True) if c not in chosen]
+    heldout = [r for r, c in zip(rows, component, strict=True) if c in chosen]
+    return train, heldout
+
+
+def labelled_pairs(rows: Sequence[TrainRow]) -> list[LabelledPair]:
+    """Rows as 0/1 labelled pairs (what calibration reads): positives 1, triplet negatives 0, 0/1 labels
+    as they are, 0-5 scores >= 4 as 1 and <= 1 as 0 (the uncertain middle is left out)."""
+    binary = positive_min(rows) == 1.0
+    pairs = []
+    for row in rows:
+        if row.positive:
+            pairs.append(LabelledPair(row.anchor, row.other, 1.0))
+            if row.negative is not None:
+                pairs.append(LabelledPair(row.anchor, row.negative, 0.0))
+        elif row.score is not None:
+            if binary:
+                pairs.append(LabelledPair(row.anchor, row.other, row.score))
+            elif row.score >= 4.0 or row.score <= 1.0:
+                pairs.append(LabelledPair(row.anchor, row.other, 1.0 if row.score >= 4.0 else 0.0))
+    return pairs
+
+
+def has_labelled_pairs(rows: Sequence[TrainRow]) -> bool:
+    """True when the rows hold scored pairs of both kinds (same / different): enough to calibrate on."""
+    labels = {p.label for p in labelled_pairs([r for r in rows if r.score is not None])}
+    return labels >= {0.0, 1.0}
+
+
+def training_texts(rows: Sequence[TrainRow]) -> set[str]:
+    """Every text a model trained on `rows` has seen (as `match_key`), negatives included."""
+    return {match_key(t) for r in rows for t in (r.anchor, r.other, r.negative) if t is not None}
+
+
+def drop_seen(pairs: Sequence[LabelledPair], seen: set[str]) -> tuple[list[LabelledPair], int]:
+    """(pairs with neither text in `seen`, how many were dropped): calibration must not read training data."""
+    kept = [p for p in pairs if match_key(p.s1) not in seen and match_key(p.s2) not in seen]
+    return kept, len(pairs) - len(kept)

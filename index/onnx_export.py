@@ -46,7 +46,7 @@ def export_onnx(model_dir: Path, int8: bool = False, *, opset: int = OPSET) -> l
     fp32_path, int8_path = onnx_paths(model_dir)
     fp32_path.parent.mkdir(parents=True, exist_ok=True)
 
-    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager", **_model_kwargs(model_dir))
+    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager", **declared_model_kwargs(model_dir))
     model.eval()
 
     class _Wrapper(torch.nn.Module):
@@ -132,7 +132,7 @@ def _ffn_output_matmuls(path: Path) -> list[str]:
     return [name for name, layer in found.items() if layer < layers / 2]
 
 
-def _model_kwargs(model_dir: Path) -> dict:
+def declared_model_kwargs(model_dir: Path) -> dict:
     """Extra model arguments a sentence-transformers dir declares (e.g. add_pooling_layer=False)."""
     import json
 

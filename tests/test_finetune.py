@@ -89,6 +89,30 @@ def test_tiny_finetune_runs_saves_reloads_and_changes_embeddings(tiny_st_model: 
     assert not (tmp_path / "var" / "models" / "active.json").exists()  # no --deploy, nothing switched
 
 
+def test_a_base_without_a_pooler_stays_without_one(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """The bundled export has no pooler (`model_args: add_pooling_layer false`); the fine-tuned copy must keep
+    saying so, or every load reports 'missing' pooler weights and initialises them at random."""
+    import shutil
+
+    from transformers import BertModel
+
+    base = shutil.copytree(tiny_st_model, tmp_path / "no-pooler")
+    BertModel.from_pretrained(str(base), add_pooling_layer=False).save_pretrained(base)
+    config = json.loads((base / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    config["model_args"] = {"add_pooling_layer": False}  # as index/bundled_export.py writes it
+    (base / "sentence_bert_config.json").write_text(json.dumps(config), encoding="utf-8")
+    out = tmp_path / "tuned"
+    code = main(_args(base, tiny_kb, tmp_path, "--train", str(_jsonl(tmp_path / "t.jsonl", PAIRS)), "--out", str(out),
+                      "--max-steps", "1"))
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    assert saved["model_kwargs"] == {"add_pooling_layer": False}
+    capsys.readouterr()
+    _embed(out, ["可以开票吗"])
+    assert "MISSING" not in capsys.readouterr().err
+
+
 def test_gate_refuses_a_worse_model_and_keeps_the_encoder(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     # Teach the opposite of the KB: every question paired with another FAQ's, at a learning rate that wrecks it.
@@ -219,3 +243,35 @@ def test_mnrl_batches_never_put_one_intent_twice_in_a_batch() -> None:
         texts = [match_key(t) for r in batch for t in (r.anchor, r.other)]
         assert len(texts) == len(set(texts))
     assert sum(len(b) for b in batches) == 60  # nothing lost: 7 intents fill batches of up to 7
+
+
+def test_holdout_recalibrates_both_models_on_pairs_kept_out_of_training(tiny_st_model: Path, tiny_kb: Path,
+                                                                         tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from admin.finetune_data import holdout_split, training_texts
+
+    lines = []
+    for i in range(24):  # 24 intents, each: two wordings that match, one that does not
+        lines += [f"怎么退货{i}\t如何退货{i}\t1\n", f"怎么退货{i}\t发票{i}\t0\n"]
+    train = tmp_path / "bank" / "dev.tsv"
+    train.parent.mkdir()
+    train.write_text("".join(lines), encoding="utf-8")
+    queries = _jsonl(tmp_path / "q.jsonl", EVAL_QUERIES)
+    out = tmp_path / "tuned"
+    # --calibrate-pairs with the training file itself: all dropped (warned), the held-out part is used instead
+    code = main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(train), "--out", str(out), "--max-steps", "1",
+                      "--holdout", "0.25", "--calibrate-pairs", str(train), "--eval-kb", str(tiny_kb),
+                      "--eval-queries", str(queries)))
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "--calibrate-pairs bank/dev: 36 of 48 pairs share a text with the training data" in captured.err
+    provenance = json.loads((out / "finetune.json").read_text(encoding="utf-8"))
+    assert provenance["holdout"] == {"fraction": 0.25, "train_rows": 36, "heldout_rows": 12}
+    assert provenance["calibration_pairs"] == {"bank/dev held out": 12, "bank/dev": 12}
+    # the same pairs calibrated both models, and their texts never reached training
+    rows = load_training_file(train)
+    kept, held = holdout_split(rows, 0.25, 20240607)
+    assert not training_texts(kept) & training_texts(held)
+    report = (out / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Recalibrated on: bank/dev held out (12 pairs), bank/dev (12 pairs); 12 training examples held out" in report
+    assert set(provenance["figures"]["base"]["pairs"]) == {"bank/dev held out"}  # reported as a dev figure too
