@@ -21,7 +21,7 @@ RUN pip install --constraint constraints.txt --index-url https://download.pytorc
  && pip install --constraint constraints.txt . \
  && useradd --create-home --uid 10001 faqbot \
  && mkdir -p /data && chown faqbot:faqbot /data
-# The default `auto` encoder's one-time export (bundled weights -> ONNX int8, ~30 s, 3 GB of RAM) runs at build
+# The default `auto` encoder's one-time export (bundled weights -> ONNX int8, under a minute, 3 GB of RAM) runs at build
 # time, not on a container's first start under its memory limit. It lands in /data/models: Docker copies it into
 # a new named volume on first use (an empty bind mount exports once on first start instead). The build fails
 # unless the export is the verified one (a calibration ships for exactly these bytes).

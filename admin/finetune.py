@@ -33,10 +33,10 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -95,6 +95,28 @@ DEFAULT_HOLDOUT = 0.2  # of labelled training pairs, kept out of training to rec
 PAIR_SAMPLE_SEED = 20240607
 
 PairSets = dict[str, list[LabelledPair]]
+
+
+@dataclass(frozen=True)
+class CalibrationPairs:
+    """Labelled pairs that neither model trained on, to recalibrate both the same way.
+
+    The percent map reads every set; the threshold only `threshold_from` when it is set: the held-out
+    part of the training data, the team's own domain (as the shipped calibration takes its percent map
+    from LCQMC and its threshold from the customer-service pairs of BQ). A threshold pooled over domains
+    sits between them and fits neither.
+    """
+
+    sets: PairSets
+    threshold_from: str | None = None
+
+    @property
+    def threshold_sets(self) -> PairSets | None:
+        return {self.threshold_from: self.sets[self.threshold_from]} if self.threshold_from in self.sets else None
+
+    def describe(self) -> str:
+        names = ", ".join(f"{name} ({len(pairs)} pairs)" for name, pairs in self.sets.items())
+        return names + (f"; threshold from {self.threshold_from} alone" if self.threshold_sets else "")
 
 
 class TrainingInterruptedError(Exception):
@@ -356,7 +378,9 @@ class FaqSet:
     name: str
     kb: KnowledgeBase
     queries: list[EvalQuery]
-    gate: bool = True  # False: reported only (the FAQ bench simulated from held-out training pairs)
+    # gate: deploy only if its overall accuracy did not drop; watch: reported only (not in --gate-on);
+    # simulated: the FAQ bench simulated from the held-out training pairs, reported only
+    role: Literal["gate", "watch", "simulated"] = "gate"
 
 
 @dataclass
@@ -380,16 +404,15 @@ def eval_encoder(model_dir: Path, settings: Settings, threads: int) -> Encoder:
     return load_encoder(spec)
 
 
-def fit_calibration(encoder: Encoder, settings: Settings, calibrate_sets: PairSets | None,
+def fit_calibration(encoder: Encoder, settings: Settings, calibrate_sets: CalibrationPairs | None,
                     command: str) -> Calibration:
     """Recalibrate the same way for every model: from labelled pairs if given (held-out training pairs and/or
     --calibrate-pairs, never pairs the model trained on), else from the configured KB."""
     try:
         if calibrate_sets:
-            pair_sets = calibrate_sets
-            total = sum(2 * len(p) for p in pair_sets.values())
-            fit = calibrate_from_pairs(encoder, pair_sets, command=command,
-                                       progress=progress_bar("calibrating (pairs)")(total))
+            total = sum(2 * len(p) for p in calibrate_sets.sets.values())
+            fit = calibrate_from_pairs(encoder, calibrate_sets.sets, threshold_sets=calibrate_sets.threshold_sets,
+                                       command=command, progress=progress_bar("calibrating (pairs)")(total))
         else:
             kb = load_kb(settings.kb)
             fit = calibrate_from_kb(encoder, kb, command=command,
@@ -401,7 +424,7 @@ def fit_calibration(encoder: Encoder, settings: Settings, calibrate_sets: PairSe
 
 
 def validate(label: str, encoder: Encoder, settings: Settings, faq_sets: Sequence[FaqSet],
-             pair_sets: dict[str, Any], calibrate_sets: PairSets | None, command: str) -> ModelFigures:
+             pair_sets: dict[str, Any], calibrate_sets: CalibrationPairs | None, command: str) -> ModelFigures:
     started = time.monotonic()
     cached = CachingEncoder(encoder)  # the FAQ benches are often built from the pair files: encode once
     print(f"validating the {label} model ({encoder.fingerprint})", file=sys.stderr)
@@ -567,10 +590,10 @@ def plot_faq_map(faq_set: FaqSet, before: ModelFigures, after: ModelFigures, out
 def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: TrainConfig, train_result: TrainResult,
                     before: ModelFigures, after: ModelFigures, decision: GateDecision | None,
                     timings: dict[str, float], peak_rss_mb: float, images: Sequence[str],
-                    data_summary: dict[str, int], calibrate_sets: PairSets | None = None, heldout_rows: int = 0,
+                    data_summary: dict[str, int], calibrate_sets: CalibrationPairs | None = None,
+                    heldout_rows: int = 0, watched: Sequence[str] = (),
                     simulated: Sequence[str] = ()) -> str:
-    calibrated_on = (", ".join(f"{name} ({len(pairs)} pairs)" for name, pairs in calibrate_sets.items())
-                     if calibrate_sets else "the configured KB")
+    calibrated_on = calibrate_sets.describe() if calibrate_sets else "the configured KB"
     lines = [
         "# Fine-tuning report", "",
         f"Command: `{command}`  ", f"Base: `{base_dir}`  ", f"Fine-tuned: `{out_dir}`  ",
@@ -597,7 +620,9 @@ def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: Trai
         "## Before / after", "",
         "Each model is recalibrated the same way and read at its own recalibrated threshold."
         + (f" `{'`, `'.join(simulated)}`: an FAQ bench simulated from the held-out training pairs (a development "
-           "figure for choosing parameters; not gated on)." if simulated else ""), "",
+           "figure for choosing parameters; not gated on)." if simulated else "")
+        + (f" `{'`, `'.join(watched)}`: watched for what the model forgets, not gated on (`--gate-on`)."
+           if watched else ""), "",
         "| set | figure | base | fine-tuned | change |", "|---|---|---|---|---|",
     ]
     for name, old in before.faq.items():
@@ -645,7 +670,8 @@ def write_deployed(settings: Settings, record: dict[str, Any]) -> Path:
     return path
 
 
-def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool, calibrate_sets: PairSets | None,
+def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool,
+           calibrate_sets: CalibrationPairs | None,
            command: str, report: Path | None) -> str:
     """Switch the configured encoder to the fine-tuned model, rebuild the index with its calibration."""
     if settings.encoder not in ("auto", "bundled"):
@@ -766,19 +792,23 @@ def heldout_faq_set(heldout: Sequence[TrainRow], name: str) -> FaqSet | None:
     kb, queries = faq_bench_from_pairs(labelled_pairs(heldout), name="heldout")
     if len(kb.faqs) < 2 or not any(q.expected for q in queries):
         return None
-    return FaqSet(f"{name} (simulated)", kb, queries, gate=False)
+    return FaqSet(f"{name} (simulated)", kb, queries, role="simulated")
 
 
 def calibration_sets(args: argparse.Namespace, train_rows: Sequence[TrainRow], heldout: Sequence[TrainRow],
-                     name: str) -> PairSets | None:
+                     name: str) -> CalibrationPairs | None:
     """Labelled pairs to recalibrate both models on: the held-out part of the training data, plus the
     --calibrate-pairs files with every pair that shares a text with the training data dropped (a
-    threshold fitted on pairs the model trained on does not transfer to new questions). None: use the KB."""
+    threshold fitted on pairs the model trained on does not transfer to new questions). None: use the KB.
+    The threshold comes from the held-out part alone when it holds both labels (see CalibrationPairs)."""
     sets: PairSets = {}
+    threshold_from = None
     if heldout:
         pairs = labelled_pairs(heldout)
         if pairs:
             sets[name] = _sample(pairs, args.calibrate_max_pairs)
+            if {p.label for p in sets[name]} >= {0.0, 1.0}:
+                threshold_from = name
     if args.calibrate_pairs:
         seen = training_texts(train_rows)
         try:
@@ -797,7 +827,7 @@ def calibration_sets(args: argparse.Namespace, train_rows: Sequence[TrainRow], h
         if not sets:
             raise CliError("--calibrate-pairs: every pair shares a text with the training data; give pairs the model "
                            "does not train on, or --holdout 0.2 to keep part of the training file for calibration", 2)
-    return sets or None
+    return CalibrationPairs(sets, threshold_from) if sets else None
 
 
 def warn_eval_overlap(pair_sets: dict[str, Any], train_rows: Sequence[TrainRow]) -> None:
@@ -818,6 +848,12 @@ def _eval_sets(args: argparse.Namespace) -> tuple[list[FaqSet], dict[str, Any]]:
     for kb_path, query_path in zip(kbs, query_files, strict=True):
         name = Path(kb_path).name if Path(kb_path).is_dir() else Path(kb_path).parent.name
         faq_sets.append(FaqSet(name or str(kb_path), load_kb(kb_path), load_queries(query_path)))
+    if args.gate_on:
+        unknown = sorted(set(args.gate_on) - {s.name for s in faq_sets})
+        if unknown:
+            raise CliError(f"--gate-on {', '.join(unknown)}: not an --eval-kb set (they are: "
+                           f"{', '.join(s.name for s in faq_sets) or 'none'})", 2)
+        faq_sets = [s if s.name in args.gate_on else replace(s, role="watch") for s in faq_sets]
     pair_sets = read_pair_files(args.eval_pairs, max_pairs=args.eval_max_pairs) if args.eval_pairs else {}
     return faq_sets, pair_sets
 
@@ -928,7 +964,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 1),
         "loss_first": result.losses[:1], "loss_last": result.losses[-1:],
         "holdout": {"fraction": fraction, "train_rows": len(rows), "heldout_rows": len(heldout)},
-        "calibration_pairs": {n: len(p) for n, p in (calibrate_sets or {}).items()},
+        "calibration_pairs": {n: len(p) for n, p in (calibrate_sets.sets if calibrate_sets else {}).items()},
+        "threshold_from": calibrate_sets.threshold_from if calibrate_sets and calibrate_sets.threshold_sets else None,
     }
     decision = None
     report_path = None
@@ -937,12 +974,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         after = validate("fine-tuned", eval_encoder(out_dir, settings, config.threads), settings, faq_sets, pair_sets,
                          calibrate_sets, command)
         timings["validation (fine-tuned)"] = time.monotonic() - phase
-        gated = [s.name for s in faq_sets if s.gate]
+        gated = [s.name for s in faq_sets if s.role == "gate"]
         decision = gate(before, after, args.gate_tolerance, gated) if gated else None
         report_dir = out_dir / "report"
         report_dir.mkdir(exist_ok=True)
         images = plot_similarity(before, after, report_dir)
-        for faq_set in (s for s in faq_sets if s.gate):
+        for faq_set in (s for s in faq_sets if s.role != "simulated"):
             image = plot_faq_map(faq_set, before, after, report_dir)
             if image:
                 images.append(image)
@@ -953,7 +990,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             command=command, base_dir=base_dir, out_dir=out_dir, config=config, train_result=result, before=before,
             after=after, decision=decision, timings=timings, peak_rss_mb=peak_mb, images=images,
             data_summary=data_summary, calibrate_sets=calibrate_sets, heldout_rows=len(heldout),
-            simulated=[s.name for s in faq_sets if not s.gate]), encoding="utf-8")
+            simulated=[s.name for s in faq_sets if s.role == "simulated"],
+            watched=[s.name for s in faq_sets if s.role == "watch"]), encoding="utf-8")
         provenance["figures"] = {
             label: {"faq": {n: r.summary() for n, r in figures.faq.items()},
                     "pairs": {n: r.summary() for n, r in figures.pairs.items()},
@@ -1048,6 +1086,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "data are dropped; default: the --holdout part, else the configured KB)")
     check.add_argument("--calibrate-max-pairs", dest="calibrate_max_pairs", type=int, default=2000,
                        help="seeded sample per calibration pair set (default 2000)")
+    check.add_argument("--gate-on", dest="gate_on", nargs="+", metavar="NAME",
+                       help="the --eval-kb sets (by folder name, e.g. bq) whose overall accuracy gates a deploy: your "
+                            "own FAQ; the others are reported only (default: every --eval-kb set gates)")
     check.add_argument("--gate-tolerance", dest="gate_tolerance", type=float, default=0.0,
                        help="accept a held-out overall-accuracy drop up to this (default 0: must not drop)")
     check.add_argument("--deploy", action="store_true",

@@ -3,7 +3,7 @@
 The same multilingual-e5-small weights answer ~3x faster through onnxruntime int8 than through the
 bundled 4-bit engine on one CPU thread, with the same answers (docs/models.md). The int8 file is made
 from the bundled file on the first start, into `<data_dir>/models/bundled/onnx/model_int8.onnx`
-(no download; ~30 s and ~3 GB of RAM once, ~600 MB on disk), in a child process so the server never
+(no download; 35-45 s and ~3 GB of RAM once, ~600 MB on disk), in a child process so the server never
 carries torch. Every later start, and every other worker or CLI command on the same data dir, finds
 the file and loads it in a second. Workers that start together wait on one file lock: one exports.
 
@@ -30,7 +30,7 @@ log = logging.getLogger("faqbot.encoder")
 
 EXPORT_DIR = "bundled"  # under the models dir; also the base `faqbot finetune --base bundled` trains from
 LOCK_NAME = ".bundled-export.lock"
-EXPORT_TIMEOUT_S = 900.0  # the export takes ~30 s on 2 cores
+EXPORT_TIMEOUT_S = 900.0  # the export takes 35-45 s on 2 cores
 
 
 def int8_path(models_dir: Path) -> Path:
@@ -52,7 +52,7 @@ def ensure_int8_export(models_dir: Path) -> Path:
         if target.is_file():
             return target
         log.warning("first start: exporting the bundled model to ONNX int8 in %s "
-                    "(one time, about 30 s and 3 GB of RAM, no download)", target.parent.parent)
+                    "(one time, under a minute and 3 GB of RAM, no download)", target.parent.parent)
         started = time.perf_counter()
         tail = _run_export_child(models_dir / EXPORT_DIR)
         if not target.is_file():

@@ -268,10 +268,13 @@ def test_holdout_recalibrates_both_models_on_pairs_kept_out_of_training(tiny_st_
     provenance = json.loads((out / "finetune.json").read_text(encoding="utf-8"))
     assert provenance["holdout"] == {"fraction": 0.25, "train_rows": 36, "heldout_rows": 12}
     assert provenance["calibration_pairs"] == {"bank/dev held out": 12, "bank/dev": 12}
+    assert provenance["threshold_from"] == "bank/dev held out"
     # the same pairs calibrated both models, and their texts never reached training
     rows = load_training_file(train)
     kept, held = holdout_split(rows, 0.25, 20240607)
     assert not training_texts(kept) & training_texts(held)
     report = (out / "report" / "report.md").read_text(encoding="utf-8")
-    assert "Recalibrated on: bank/dev held out (12 pairs), bank/dev (12 pairs); 12 training examples held out" in report
+    assert ("Recalibrated on: bank/dev held out (12 pairs), bank/dev (12 pairs); threshold from bank/dev held out "
+            "alone; 12 training examples held out") in report
+    assert "threshold from bank/dev held out" in report  # the calibration source line says the same
     assert set(provenance["figures"]["base"]["pairs"]) == {"bank/dev held out"}  # reported as a dev figure too

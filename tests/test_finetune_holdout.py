@@ -97,7 +97,8 @@ def test_calibrate_pairs_that_overlap_the_training_data_are_dropped_with_a_warni
     ])
     args = argparse.Namespace(calibrate_pairs=[mixed], calibrate_max_pairs=2000)
     sets = calibration_sets(args, train, [], "unused")
-    assert sets == {"bank/dev": [LabelledPair("开发票", "能开票吗", 1.0), LabelledPair("开发票", "退货", 0.0)]}
+    assert sets is not None and sets.threshold_sets is None  # no held-out part: the threshold reads every file
+    assert sets.sets == {"bank/dev": [LabelledPair("开发票", "能开票吗", 1.0), LabelledPair("开发票", "退货", 0.0)]}
     err = capsys.readouterr().err
     assert "--calibrate-pairs bank/dev: 2 of 4 pairs share a text with the training data; dropped" in err
 
@@ -110,11 +111,43 @@ def test_calibrate_pairs_that_overlap_the_training_data_are_dropped_with_a_warni
     heldout = [TrainRow("开户", "怎么开户", score=1.0), TrainRow("开户", "销户", score=0.0)]
     sets = calibration_sets(argparse.Namespace(calibrate_pairs=[same, mixed], calibrate_max_pairs=2000), train,
                             heldout, "bank/train held out")
-    assert list(sets) == ["bank/train held out", "bank/dev"]
-    assert sets["bank/train held out"] == [LabelledPair("开户", "怎么开户", 1.0), LabelledPair("开户", "销户", 0.0)]
+    assert sets is not None and list(sets.sets) == ["bank/train held out", "bank/dev"]
+    assert sets.sets["bank/train held out"] == [LabelledPair("开户", "怎么开户", 1.0), LabelledPair("开户", "销户", 0.0)]
+    # the percent map reads both; the threshold only the team's own held-out pairs
+    assert sets.threshold_sets == {"bank/train held out": sets.sets["bank/train held out"]}
+
+    # held-out pairs of one label cannot place a threshold: it reads every set then
+    positives_only = [TrainRow("开户", "怎么开户", score=1.0)]
+    sets = calibration_sets(argparse.Namespace(calibrate_pairs=[mixed], calibrate_max_pairs=2000), train,
+                            positives_only, "held out")
+    assert sets is not None and sets.threshold_sets is None
 
 
 def test_drop_seen_compares_normalised_texts() -> None:
     pairs = [LabelledPair("Ｈｅｌｌｏ 还款。", "x", 1.0), LabelledPair("y", "z", 0.0)]
     kept, dropped = drop_seen(pairs, {match_key("hello还款")})
     assert kept == [LabelledPair("y", "z", 0.0)] and dropped == 1
+
+
+def test_gate_on_names_the_sets_that_gate_and_the_others_are_watched(tmp_path: Path) -> None:
+    import json
+
+    from admin.finetune import _eval_sets
+
+    kbs = []
+    for name in ("bank", "general"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "kb.yaml").write_text("version: 1\nfaqs:\n  - id: a\n    question: 怎么还款\n    answer: 在app里还款\n",
+                                        encoding="utf-8")
+        (folder / "q.jsonl").write_text(json.dumps({"query": "如何还款", "expected": "a"}, ensure_ascii=False) + "\n",
+                                        encoding="utf-8")
+        kbs.append(folder)
+    args = argparse.Namespace(eval_kb=[str(k / "kb.yaml") for k in kbs], eval_queries=[str(k / "q.jsonl") for k in kbs],
+                              eval_pairs=None, eval_max_pairs=None, gate_on=None)
+    assert [(s.name, s.role) for s in _eval_sets(args)[0]] == [("bank", "gate"), ("general", "gate")]
+    args.gate_on = ["bank"]
+    assert [(s.name, s.role) for s in _eval_sets(args)[0]] == [("bank", "gate"), ("general", "watch")]
+    args.gate_on = ["bq"]
+    with pytest.raises(CliError, match=r"--gate-on bq: not an --eval-kb set \(they are: bank, general\)"):
+        _eval_sets(args)
