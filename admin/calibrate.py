@@ -44,6 +44,7 @@ from admin.evaluation import (
     recommended_margin,
     roc_auc,
 )
+from admin.text_groups import TextGroups
 from faq import FAQ, KnowledgeBase
 from index.calibration import SCOPE_LOCAL, Calibration
 from index.encoders import Encoder
@@ -133,25 +134,15 @@ def faq_bench_from_pairs(pairs: Sequence[LabelledPair], *, name: str = "dev", kb
     Groups are joined through shared texts (after folding case, spaces and punctuation) so one
     question can never be both an FAQ and an out-of-scope query. Deterministic for a seed.
     """
-    parent: dict[str, str] = {}
-
-    def find(key: str) -> str:
-        parent.setdefault(key, key)
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
-
+    groups = TextGroups()
     positives = [(p.s1.strip(), p.s2.strip()) for p in pairs if p.label >= 1.0]
     positives = [(a, b) for a, b in positives if _norm_key(a) and _norm_key(b)]
     for a, b in positives:
-        root_a, root_b = find(_norm_key(a)), find(_norm_key(b))
-        if root_a != root_b:
-            parent[root_b] = root_a
+        groups.join(_norm_key(a), _norm_key(b))
     members: dict[str, list[str]] = {}
     seen_keys: dict[str, set[str]] = {}
     for a, b in positives:
-        root = find(_norm_key(a))
+        root = groups.find(_norm_key(a))
         group, keys = members.setdefault(root, []), seen_keys.setdefault(root, set())
         for text in (a, b):
             if _norm_key(text) not in keys:

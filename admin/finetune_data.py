@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from admin.evaluation import LabelledPair
+from admin.text_groups import TextGroups
 from faq import KnowledgeBase
 from index.text import match_key, sanitize
 
@@ -217,22 +218,12 @@ def mine_kb_negatives(rows: Sequence[TrainRow], kb: KnowledgeBase, encode: Encod
 
 def intent_groups(rows: Sequence[TrainRow]) -> list[TrainRow]:
     """Give rows without a group one from their texts: texts joined by positive rows form one intent."""
-    parent: dict[str, str] = {}
-
-    def find(key: str) -> str:
-        parent.setdefault(key, key)
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
-
+    groups = TextGroups()
     threshold = positive_min(rows)
     for row in rows:
         if row.positive or (row.score is not None and row.score >= threshold):
-            a, b = find(match_key(row.anchor)), find(match_key(row.other))
-            if a != b:
-                parent[a] = b
-    return [row if row.group else replace(row, group="t:" + find(match_key(row.anchor))) for row in rows]
+            groups.join(match_key(row.other), match_key(row.anchor))
+    return [row if row.group else replace(row, group="t:" + groups.find(match_key(row.anchor))) for row in rows]
 
 
 def positive_min(rows: Sequence[TrainRow]) -> float:
@@ -334,14 +325,7 @@ def sample_rows(rows: Sequence[TrainRow], max_rows: int | None, seed: int) -> li
 def _text_components(rows: Sequence[TrainRow]) -> list[int]:
     """For each row, the id of its connected component of texts (rows sharing any text, even via a
     negative or a label-0 pair, are connected)."""
-    parent: dict[str, str] = {}
-
-    def find(key: str) -> str:
-        parent.setdefault(key, key)
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
+    groups = TextGroups()
 
     def texts(row: TrainRow) -> list[str]:
         return [match_key(t) for t in (row.anchor, row.other, row.negative) if t is not None]
@@ -349,11 +333,9 @@ def _text_components(rows: Sequence[TrainRow]) -> list[int]:
     for row in rows:
         first, *others = texts(row)
         for other in others:
-            a, b = find(first), find(other)
-            if a != b:
-                parent[b] = a
+            groups.join(first, other)
     roots: dict[str, int] = {}
-    return [roots.setdefault(find(texts(row)[0]), len(roots)) for row in rows]
+    return [roots.setdefault(groups.find(texts(row)[0]), len(roots)) for row in rows]
 
 
 def holdout_split(rows: Sequence[TrainRow], fraction: float, seed: int) -> tuple[list[TrainRow], list[TrainRow]]:
