@@ -96,13 +96,16 @@ class QuestionStreams:
 
 
 # --- the bare encoder (a child process, so its threads and memory are its own) ------------------
-def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float) -> dict[str, object]:
-    """Encode-only figures: single-query latency and batched throughput on the bench's unique stream."""
+def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float, data_dir: Path) -> dict[str, object]:
+    """Encode-only figures: single-query latency and batched throughput on the bench's unique stream.
+
+    `data_dir` is the configured one: `auto` finds (or makes, once) its ONNX export there, and a
+    deployed fine-tuned model is what `auto`/`bundled` then mean, as for `faqbot serve`."""
     from bot.service import encoder_spec
     from bot.settings import Settings
     from index.encoders import load_encoder
 
-    settings = Settings(encoder=encoder, encoder_threads=threads, kb=kb_path)
+    settings = Settings(encoder=encoder, encoder_threads=threads, kb=kb_path, data_dir=data_dir)
     model = load_encoder(encoder_spec(settings))
     streams = QuestionStreams(kb_questions(kb_path))
     model.encode_queries([streams.unique() for _ in range(4)])  # warm both paths
@@ -126,15 +129,16 @@ def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float) -> d
             texts_done += size
         batched[size] = texts_done / spent
     best = max(batched, key=lambda b: batched[b])
-    return {"encoder": encoder, "threads": threads, "single_ms_p50": statistics.median(single) * 1000,
+    return {"encoder": encoder, "serving": model.name, "threads": threads, "single_ms_p50": statistics.median(single) * 1000,
             "single_ms_mean": statistics.fmean(single) * 1000, "batched": batched, "best_batch": best,
             "best_texts_per_s": batched[best], "rss_mb": _rss_mb(os.getpid())}
 
 
-def run_bare(encoder: str, threads: int, kb_path: Path, seconds: float) -> dict[str, object]:
+def run_bare(encoder: str, threads: int, kb_path: Path, seconds: float, data_dir: Path) -> dict[str, object]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(
-        [sys.executable, "-m", "admin.bench", "--bare", encoder, str(threads), str(kb_path), str(seconds)],
+        [sys.executable, "-m", "admin.bench", "--bare", encoder, str(threads), str(kb_path), str(seconds),
+         str(data_dir)],
         capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=600,
     )
     if proc.returncode != 0:
@@ -421,7 +425,9 @@ def _bare_lines(bare: dict[str, object]) -> list[str]:
     assert isinstance(batched, dict)
     sizes = "  ".join(f"b{size}: {tps:.0f}" for size, tps in batched.items())
     return [
-        f"bare encoder {bare['encoder']} (threads={bare['threads']}): single query p50 "
+        f"bare encoder {bare['encoder']}"
+        + (f" = {bare['serving']}" if bare.get("serving") not in (None, bare["encoder"]) else "")
+        + f" (threads={bare['threads']}): single query p50 "
         f"{float(bare['single_ms_p50']):.2f} ms (mean {float(bare['single_ms_mean']):.2f} ms), "  # type: ignore[arg-type]
         f"RSS {float(bare['rss_mb']):.0f} MB",  # type: ignore[arg-type]
         f"  texts/s by batch size: {sizes}  -> best {float(bare['best_texts_per_s']):.0f} texts/s "  # type: ignore[arg-type]
@@ -451,9 +457,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "runs": []}
 
     encoders = [settings.encoder, *args.extra_encoder]
+    models_dir = Path(settings.data_dir).resolve() / "models"
     bares = {}
     for spec in encoders:
-        bares[spec] = run_bare(spec, threads, kb_path, max(1.0, min(seconds, 6.0)))
+        bares[spec] = run_bare(spec, threads, kb_path, max(1.0, min(seconds, 6.0)), Path(settings.data_dir).resolve())
         for line in _bare_lines(bares[spec]):
             say(line)
     report["bare"] = bares
@@ -472,6 +479,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         try:
             for i, spec in enumerate(encoders):
                 data_dir = workdir / f"data{i}"
+                if models_dir.is_dir():  # the servers use the configured models (auto's export: made once, above)
+                    data_dir.mkdir(parents=True)
+                    (data_dir / "models").symlink_to(models_dir, target_is_directory=True)
                 env = {**env_common, "FAQBOT_ENCODER": spec}  # the first server builds the index, the naive one reuses it
                 label = "batched" if i == 0 else f"batched {spec.partition(':')[0]} #{i}"
                 with faqbot_server(kb_path, data_dir, env, workers=args.workers) as (base, proc):
@@ -520,6 +530,9 @@ def _printer() -> Callable[[str], None]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="measure /chat against the bare encoder and a naive server (prints figures)")
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB); questions are drawn from it")
+    p.add_argument("--data-dir", dest="data_dir", type=Path,
+                   help="runtime data directory (FAQBOT_DATA_DIR): its models (auto's export, a deployed model) are "
+                        "benched; the servers build their own index in a temporary directory")
     p.add_argument("--encoder", help="auto (default) | bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
     p.add_argument("--threads", type=int, help="encoder threads per process (FAQBOT_ENCODER_THREADS)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the batched server (default 1)")
@@ -536,12 +549,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _bare_main(argv: Sequence[str]) -> int:
-    encoder, threads, kb_path, seconds = argv
-    print(json.dumps(bare_encoder(encoder, int(threads), Path(kb_path), float(seconds))))
+    encoder, threads, kb_path, seconds, data_dir = argv
+    print(json.dumps(bare_encoder(encoder, int(threads), Path(kb_path), float(seconds), Path(data_dir))))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--bare":
+    if len(sys.argv) == 7 and sys.argv[1] == "--bare":
         sys.exit(_bare_main(sys.argv[2:]))
     sys.exit(f"usage: faqbot bench (this module is run as `{sys.argv[0]} --bare ...` only by the bench itself)")

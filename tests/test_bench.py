@@ -25,8 +25,9 @@ def test_tiny_bench_run_prints_every_figure(tiny_kb: Path, tmp_path: Path) -> No
     report = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAQBOT_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "admin.cli", "bench", "--kb", str(tiny_kb), "--seconds", "1", "--soak-seconds", "1",
-         "--json", str(report)],
+        # the bundled engine: the default `auto` would first export ONNX (tests/test_default_encoder.py covers that)
+        [sys.executable, "-m", "admin.cli", "bench", "--kb", str(tiny_kb), "--data-dir", str(tmp_path / "var"),
+         "--encoder", "bundled", "--seconds", "1", "--soak-seconds", "1", "--json", str(report)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
