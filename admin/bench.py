@@ -479,12 +479,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         try:
             for i, spec in enumerate(encoders):
                 data_dir = workdir / f"data{i}"
-                if models_dir.is_dir():  # the servers use the configured models (auto's export: made once, above)
-                    data_dir.mkdir(parents=True)
-                    (data_dir / "models").symlink_to(models_dir, target_is_directory=True)
                 env = {**env_common, "FAQBOT_ENCODER": spec}  # the first server builds the index, the naive one reuses it
                 label = "batched" if i == 0 else f"batched {spec.partition(':')[0]} #{i}"
-                with faqbot_server(kb_path, data_dir, env, workers=args.workers) as (base, proc):
+                # the configured models (auto's export, made once by the bare run above), not a new export each
+                with faqbot_server(kb_path, data_dir, env, workers=args.workers, models_dir=models_dir) as (base, proc):
                     runs[label] = bench_server(label, base, proc.pid, source, seconds, soak if i == 0 else 0.0,
                                                workers=args.workers, say=say)
                 if i == 0 and not args.no_baseline:

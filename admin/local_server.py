@@ -13,12 +13,21 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def faqbot_server(kb: Path, data_dir: Path, env: dict[str, str], workers: int = 1,
-                  ready_seconds: float = 600.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`faqbot serve` on a free loopback port with `env` on top of ours; stopped on exit."""
+def faqbot_server(kb: Path, data_dir: Path, env: dict[str, str], workers: int = 1, ready_seconds: float = 600.0,
+                  models_dir: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`faqbot serve` on a free loopback port with `env` on top of ours; stopped on exit.
+
+    `models_dir`: the configured data dir's models, linked into a fresh `data_dir`, so the server
+    serves what the configured one would (auto's ONNX export, a deployed model) without exporting
+    again into every throwaway data dir.
+    """
     import socket
 
     import httpx
+
+    if models_dir is not None and Path(models_dir).is_dir() and not (Path(data_dir) / "models").exists():
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        (Path(data_dir) / "models").symlink_to(Path(models_dir).resolve(), target_is_directory=True)
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -191,7 +191,8 @@ def own_server(settings: Settings, data_dir: Path, extra_env: dict[str, str] | N
     """`faqbot serve` on a free loopback port with rate limits off; yields (base URL, database URL)."""
     database_url = settings.database_url or f"sqlite:///{data_dir.resolve() / 'faqbot.db'}"
     env = {"FAQBOT_DATA_DIR": str(data_dir), "FAQBOT_DATABASE_URL": database_url, **(extra_env or {})}
-    with faqbot_server(Path(settings.kb).resolve(), data_dir, env, ready_seconds=ready_seconds) as (base, _proc):
+    with faqbot_server(Path(settings.kb).resolve(), data_dir, env, ready_seconds=ready_seconds,
+                       models_dir=Path(settings.data_dir) / "models") as (base, _proc):
         yield base, database_url
 
 
