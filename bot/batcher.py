@@ -92,13 +92,20 @@ def limit_faiss_threads() -> None:
 
 
 class MicroBatcher:
-    """The single encoder worker thread and its bounded queue (capacity counted in texts)."""
+    """The encoder worker thread(s) and their bounded queue (capacity counted in texts).
+
+    One worker by default: the bundled engine serialises its calls anyway and gains from batches.
+    An encoder whose calls run in parallel and gain nothing from batching (the ONNX int8 file,
+    encoded text by text) gets one worker per core: each takes its own batch from the same queue.
+    """
 
     def __init__(self, encode: EncodeFn, *, max_batch: int = 16, max_wait_ms: float = 2.0, queue_size: int = 256,
                  on_batch: Callable[[BatchStats], None] | None = None,
-                 thread_setup: Callable[[], None] | None = limit_faiss_threads, name: str = "faqbot-encoder") -> None:
-        if max_batch < 1 or queue_size < 1:
-            raise ValueError("max_batch and queue_size must be at least 1")
+                 thread_setup: Callable[[], None] | None = limit_faiss_threads, name: str = "faqbot-encoder",
+                 workers: int = 1) -> None:
+        if max_batch < 1 or queue_size < 1 or workers < 1:
+            raise ValueError("max_batch, queue_size and workers must be at least 1")
+        self.workers = workers
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
@@ -111,7 +118,7 @@ class MicroBatcher:
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # the worker waits here for jobs
         self._space = threading.Condition(lock)  # blocking submitters wait here for room
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = False
         # How many texts the last batch held: when fewer are waiting, their senders are probably
         # about to ask again, so a short wait fills the batch; when it held one, never wait.
@@ -120,22 +127,25 @@ class MicroBatcher:
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         with self._cond:
-            if self._thread is not None:
+            if self._threads:
                 return
             self._stopping = False
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
+            self._threads = [threading.Thread(target=self._run, name=f"{self._name}-{i}", daemon=True)
+                             for i in range(self.workers)]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is queued, then end the worker; later submits get OverloadedError."""
+        """Finish what is queued, then end the workers; later submits get OverloadedError."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+            threads = self._threads
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
-            self._thread = None
+            self._threads = []
             leftovers = list(self._jobs)
             self._jobs.clear()
             self._queued_texts = 0
@@ -146,7 +156,7 @@ class MicroBatcher:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and not self._stopping
+        return bool(self._threads) and not self._stopping
 
     @property
     def queue_depth(self) -> int:
@@ -167,7 +177,7 @@ class MicroBatcher:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                if self._stopping or self._thread is None:
+                if self._stopping or not self._threads:
                     raise OverloadedError("the encoder is not running")
                 if self._queued_texts + needed <= self.queue_size:
                     break

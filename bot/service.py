@@ -27,7 +27,7 @@ from bot.settings import Settings
 from bot.store import MissRecord, Store
 from faq import KnowledgeBase, load_kb
 from index.calibration import Calibration
-from index.encoders import Encoder, EncoderError, EncoderSpec, load_encoder
+from index.encoders import Encoder, EncoderError, EncoderSpec, load_encoder, runs_in_parallel
 from index.faq_index import (
     FaqIndex,
     IndexUnavailableError,
@@ -230,9 +230,10 @@ class FaqService:
         settings = self.settings
         self._metrics = metrics
         if settings.max_batch > 1:
+            workers = settings.resolved_encoder_workers if runs_in_parallel(self.encoder) else 1
             self.batcher = MicroBatcher(self._encode_clean, max_batch=settings.max_batch,
                                         max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
-                                        on_batch=self._observe_batch)
+                                        on_batch=self._observe_batch, workers=workers)
             self.batcher.start()
         self.miss_writer = MissWriter(self.store, flush_ms=settings.log_flush_ms,
                                       on_commit=(lambda rows, _misses, _s: metrics.observe_commit(rows)) if metrics else None)

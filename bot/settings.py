@@ -5,6 +5,7 @@ The README's settings table is generated from / checked against this class (test
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `faqbot serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `faqbot serve` binds.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes for `faqbot serve`.")
+    encoder_workers: int = Field(
+        0, ge=0, le=64, description="Encoder worker threads per process for encoders whose calls run in parallel (ONNX): "
+        "0 = the CPU cores left to each process (cores / (workers x encoder threads)). The bundled engine and torch "
+        "serialise their calls and always get one."
+    )
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
     log_format: Literal["json", "text"] = Field(
         "json", description="`json`: one JSON object per log line, with the request id of the request it belongs to; `text`: plain lines."
@@ -177,6 +183,14 @@ class Settings(BaseSettings):
         if not ok:
             raise ValueError("an EncodingAESKey is 43 base64 characters (copy it from the platform console)")
         return SecretStr(key)
+
+    @property
+    def resolved_encoder_workers(self) -> int:
+        """`encoder_workers`, or (0) this machine's usable cores shared out over the processes and their threads."""
+        if self.encoder_workers:
+            return self.encoder_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // (self.workers * self.encoder_threads))
 
     @property
     def resolved_database_url(self) -> str:

@@ -40,6 +40,13 @@ class Encoder(Protocol):
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+def runs_in_parallel(encoder: Encoder) -> bool:
+    """Whether concurrent calls to `encoder` run in parallel (an optional `parallel_calls = True`): the
+    server then gives it one worker per core. Encoders that serialise their calls behind a lock (the
+    bundled engine, torch) have no use for a second worker."""
+    return bool(getattr(encoder, "parallel_calls", False))
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """What to build: `auto`, `bundled`, `sentence-transformers:<id or path>` or `onnx:<path>`, plus options.

@@ -132,6 +132,7 @@ class OnnxEncoder:
         self._dim = int(dim)
         digest, dynamic_quant = _scan(self.path)
         # the prefixes and the length change the vectors as much as the weights do (as for sentence-transformers)
+        self.parallel_calls = True  # onnxruntime sessions run concurrent calls in parallel (no lock here)
         self._fingerprint = f"onnx:{digest}:q={query_prefix!r}:p={passage_prefix!r}:len={self.max_seq_length}"
         self.dynamic_quantized = dynamic_quant
         # dynamically quantised graphs take one activation scale per batch: encode them one text at

@@ -339,3 +339,48 @@ def test_a_full_queue_is_a_fast_503_over_http(make_settings, bundled_encoder) ->
     assert refused.json() == {"status": "error", "error": {"code": "overloaded", "message": refused.json()["error"]["message"]}}
     assert held_status == [200, 200, 200]
     assert _metric(metrics, "faqbot_encoder_overloaded_total") == 1
+
+
+class ParallelEncoder(CountingEncoder):
+    """Calls run in parallel (as onnxruntime's do); each call waits for a partner at a barrier, so a
+    second call running at the same time is the only way any call returns."""
+
+    parallel_calls = True
+
+    def __init__(self, partners: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(partners, timeout=10)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        self.barrier.wait()
+        return super().encode_queries(texts)
+
+
+def test_several_workers_encode_at_the_same_time_and_all_stop() -> None:
+    encoder = ParallelEncoder(partners=2)
+    batcher = _batcher(encoder, max_batch=1, max_wait_ms=0, queue_size=8, workers=2)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda t: batcher.submit([t]).result(15), ["一", "二", "三", "四"]))
+    finally:
+        batcher.stop(timeout=10)
+    assert [r.vectors.shape for r in results] == [(1, 64)] * 4
+    assert len(encoder.threads) == 2  # both workers encoded, two calls at a time (one alone would block)
+    assert not batcher.running and not [t for t in threading.enumerate() if t.name.startswith("faqbot-encoder")]
+    with pytest.raises(OverloadedError):
+        batcher.submit(["五"])
+
+
+def test_the_service_gives_a_parallel_encoder_one_worker_per_core_and_others_one(make_settings) -> None:
+    settings = make_settings(encoder_workers=0, workers=1, encoder_threads=1)
+    cores = settings.resolved_encoder_workers
+    assert cores >= 1
+    assert make_settings(encoder_workers=3).resolved_encoder_workers == 3
+    assert make_settings(encoder_workers=0, workers=64).resolved_encoder_workers == 1
+    for encoder, expected in ((ParallelEncoder(partners=1), cores), (CountingEncoder(), 1)):
+        service = FaqService(settings, encoder=encoder)
+        service.start_pipeline()
+        try:
+            assert service.batcher is not None and service.batcher.workers == expected
+        finally:
+            service.stop_pipeline()
