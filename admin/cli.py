@@ -160,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["FAQBOT_KB"] = str(Path(settings.kb).resolve())
     os.environ["FAQBOT_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     os.environ["FAQBOT_ENCODER"] = settings.encoder
+    os.environ["FAQBOT_WORKERS"] = str(settings.workers)  # each worker's share of the cores (encoder workers)
     if settings.workers > 1:
         del encoder, index  # each worker loads its own; the supervisor should not hold a model's memory too
         uvicorn.run("admin.server:app_from_env", factory=True, host=settings.host, port=settings.port,

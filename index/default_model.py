@@ -1,6 +1,6 @@
 """The `auto` encoder (the default): the bundled weights served as ONNX int8, exported once.
 
-The same multilingual-e5-small weights answer ~3x faster through onnxruntime int8 than through the
+The same multilingual-e5-small weights answer ~5x faster through onnxruntime int8 than through the
 bundled 4-bit engine on one CPU thread, with the same answers (docs/models.md). The int8 file is made
 from the bundled file on the first start, into `<data_dir>/models/bundled/onnx/model_int8.onnx`
 (no download; 35-45 s and ~3 GB of RAM once, ~600 MB on disk), in a child process so the server never
