@@ -68,6 +68,7 @@ from admin.finetune_data import (
     labelled_pairs,
     load_training_file,
     mine_kb_negatives,
+    mine_pair_negatives,
     mnrl_batches,
     pairs_from_kb,
     pairs_from_misses,
@@ -149,6 +150,7 @@ class TrainConfig:
     """Training parameters; the defaults are what finishes on a 2-core CPU server (docs/finetune.md)."""
 
     loss: str = "mnrl"
+    symmetric: bool = False  # MNRL also ranks each pair's anchor first among the batch's anchors
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 3e-5
@@ -227,12 +229,15 @@ def prepare_model(base_dir: Path, config: TrainConfig, kb_prefix: str) -> tuple[
     return model, query_prompt, kb_prompt
 
 
-def _loss(model: SentenceTransformer, name: str) -> Any:
+def _loss(model: SentenceTransformer, config: TrainConfig) -> Any:
     from sentence_transformers.sentence_transformer import losses
 
-    if name == "mnrl":
-        return losses.MultipleNegativesRankingLoss(model)
-    if name == "cosent":
+    if config.loss == "mnrl":
+        # symmetric: a query must find its FAQ among the batch's FAQs *and* the FAQ its query among the
+        # batch's queries; the FAQ side of a file pair is not known, and serving compares both ways
+        directions = ("query_to_doc", "doc_to_query") if config.symmetric else ("query_to_doc",)
+        return losses.MultipleNegativesRankingLoss(model, directions=directions)
+    if config.loss == "cosent":
         return losses.CoSENTLoss(model)
     return losses.CosineSimilarityLoss(model)
 
@@ -300,7 +305,7 @@ def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], 
     import torch
     from tqdm import tqdm
 
-    loss_fn = _loss(model, config.loss)
+    loss_fn = _loss(model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise CliError("nothing to train: every parameter is frozen")
@@ -603,7 +608,7 @@ def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: Trai
         + "  ", f"Calibration: {after.calibration.source}", "",
         "## Training", "",
         "| parameter | value |", "|---|---|",
-        f"| loss | {config.loss} |", f"| examples | {train_result.rows} ({', '.join(f'{k} {v}' for k, v in data_summary.items())}) |",
+        f"| loss | {config.loss}{' (symmetric)' if config.symmetric else ''} |", f"| examples | {train_result.rows} ({', '.join(f'{k} {v}' for k, v in data_summary.items())}) |",
         f"| steps | {train_result.steps} of {train_result.planned_steps} planned"
         f"{' (' + train_result.stopped_early + ')' if train_result.stopped_early else ''} |",
         f"| epochs / batch size / learning rate | {config.epochs} / {config.batch_size} / {config.learning_rate:g} |",
@@ -860,7 +865,7 @@ def _eval_sets(args: argparse.Namespace) -> tuple[list[FaqSet], dict[str, Any]]:
 
 def config_from(args: argparse.Namespace, loss: str) -> TrainConfig:
     return TrainConfig(
-        loss=loss, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        loss=loss, symmetric=args.symmetric, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
         freeze_embeddings=not args.train_embeddings, trainable_layers=args.trainable_layers, pooling=args.pooling,
         query_prompt=args.query_prompt, kb_prompt=args.kb_prompt, threads=args.threads, seed=args.seed,
@@ -923,17 +928,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     timings["base export / load"] = time.monotonic() - started
     phase = time.monotonic()
     model, query_prompt, kb_prompt = prepare_model(base_dir, config, settings.kb_prefix)
-    needs_mining = (args.from_kb or args.from_misses or args.mine_negatives) and loss == "mnrl"
-    if needs_mining:
-        mining_kb = load_kb(args.from_kb or settings.kb)
-        print("mining hard negatives: the FAQ the base model confuses each question with", file=sys.stderr)
-
+    rows = intent_groups(rows)
+    if (args.from_kb or args.from_misses or args.mine_negatives) and loss == "mnrl":
         def encode(texts: Sequence[str]) -> np.ndarray:
             return model.encode(list(texts), prompt=query_prompt or None, normalize_embeddings=True,
                                 convert_to_numpy=True, batch_size=64, show_progress_bar=sys.stderr.isatty())
 
-        rows = mine_kb_negatives(rows, mining_kb, encode)
-    train_rows = sample_rows(rows_for_loss(intent_groups(rows), loss), args.max_examples, args.seed)
+        if args.from_kb or args.from_misses or any(not r.group.startswith("t:") for r in rows):
+            print("mining hard negatives: the FAQ the base model confuses each question with", file=sys.stderr)
+            rows = mine_kb_negatives(rows, load_kb(args.from_kb or settings.kb), encode)
+        if args.mine_negatives and any(r.group.startswith("t:") for r in rows):
+            print("mining hard negatives: the training text of another intent the base model puts closest to each "
+                  "pair (below its own partner)", file=sys.stderr)
+            before_mining = sum(r.negative is not None for r in rows)
+            rows = mine_pair_negatives(rows, encode)
+            data_summary["given a mined negative"] = sum(r.negative is not None for r in rows) - before_mining
+    train_rows = sample_rows(rows_for_loss(rows, loss), args.max_examples, args.seed)
     if not train_rows:
         raise CliError(f"no usable examples for the {loss} loss (MNRL needs pairs that mean the same)")
     timings["data + mining"] = time.monotonic() - phase
@@ -1043,7 +1053,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--from-misses", dest="from_misses", action="store_true",
                       help="also train on resolved misses (attached to an FAQ) from the miss log")
     data.add_argument("--mine-negatives", dest="mine_negatives", action="store_true",
-                      help="give file pairs with an FAQ id a hard negative from the KB (always on for --from-kb/--from-misses)")
+                      help="give each pair a hard negative the base model confuses it with: from the KB for pairs "
+                           "with an FAQ id (always on for --from-kb/--from-misses), else from the other intents in "
+                           "the training files")
     data.add_argument("--max-examples", dest="max_examples", type=int, help="train on a seeded sample of at most this many examples (after pairs are built)")
     data.add_argument("--out", type=Path, help="output model directory (default <data_dir>/models/finetuned-<time>)")
     data.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
@@ -1061,6 +1073,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="also train the word-embedding matrix (250k rows for e5: 2x slower, more RAM)")
     train_group.add_argument("--trainable-layers", dest="trainable_layers", type=int,
                              help="train only the top N transformer layers (faster; default all)")
+    train_group.add_argument("--symmetric", action="store_true",
+                             help="MNRL both ways: each text of a pair must also find its partner among the "
+                                  "batch's anchors (no extra encoding)")
     train_group.add_argument("--pooling", choices=POOLINGS, help="replace the base's pooling (default: keep it)")
     train_group.add_argument("--query-prompt", dest="query_prompt", help="prefix for questions (default: the model's)")
     train_group.add_argument("--kb-prompt", dest="kb_prompt", help="prefix for KB texts (default per FAQBOT_KB_PREFIX)")

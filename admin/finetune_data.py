@@ -216,6 +216,52 @@ def mine_kb_negatives(rows: Sequence[TrainRow], kb: KnowledgeBase, encode: Encod
     return out
 
 
+def mine_pair_negatives(rows: Sequence[TrainRow], encode: EncodeFn, chunk: int = 512) -> list[TrainRow]:
+    """Give each same-intent pair without a negative the training text of another intent that the model
+    scores closest to its anchor, but still below the pair's own partner.
+
+    This is for pair files with no FAQ ids: the texts themselves are the "FAQ". Intents are the
+    groups of texts joined by positive pairs. A text the model already ranks above the known partner
+    is skipped: in noisy sets such as BQ, that text is more often an unlabelled paraphrase than a
+    real confusion, and teaching it as "different" would teach noise.
+    """
+    threshold = positive_min(rows)
+
+    def same_intent(row: TrainRow) -> bool:
+        return bool(row.positive) or (row.score is not None and row.score >= threshold)
+
+    todo = [i for i, r in enumerate(rows) if r.negative is None and same_intent(r)]
+    if not todo:
+        return list(rows)
+    groups = TextGroups()
+    texts: dict[str, str] = {}
+    for row in rows:
+        for text in (row.anchor, row.other, row.negative):
+            if text is not None:
+                texts.setdefault(match_key(text), text)
+        if same_intent(row):
+            groups.join(match_key(row.anchor), match_key(row.other))
+    keys = list(texts)
+    position = {key: i for i, key in enumerate(keys)}
+    roots: dict[str, int] = {}
+    intent = np.array([roots.setdefault(groups.find(key), len(roots)) for key in keys])
+    vectors = encode([texts[key] for key in keys])
+    out = list(rows)
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        anchors = np.array([position[match_key(rows[i].anchor)] for i in part])
+        partners = np.array([position[match_key(rows[i].other)] for i in part])
+        sims = vectors[anchors] @ vectors.T
+        own = sims[np.arange(len(part)), partners]
+        sims[intent[None, :] == intent[anchors][:, None]] = -np.inf
+        sims[sims >= own[:, None]] = -np.inf
+        best = np.argmax(sims, axis=1)
+        for row_index, column, found in zip(part, best, np.isfinite(sims[np.arange(len(part)), best]), strict=True):
+            if found:
+                out[row_index] = replace(rows[row_index], negative=texts[keys[column]])
+    return out
+
+
 def intent_groups(rows: Sequence[TrainRow]) -> list[TrainRow]:
     """Give rows without a group one from their texts: texts joined by positive rows form one intent."""
     groups = TextGroups()
@@ -237,7 +283,7 @@ def rows_for_loss(rows: Sequence[TrainRow], loss: str) -> list[TrainRow]:
 
     For `mnrl`, scored pairs at or above `positive_min` become positives, and a pair scored 0 that
     shares a text with a positive gives that positive its hard negative (in BQ/LCQMC these
-    near-misses are the best negatives there are). For the score losses, a positive is scored 1 and
+    labelled near-misses are the negatives the data offers) unless mining gave it one already. For the score losses, a positive is scored 1 and
     a triplet also yields (anchor, negative) scored 0; 0-5 scores are kept (CoSENT ranks them; the
     cosine loss divides them by 5).
     """
@@ -253,7 +299,7 @@ def rows_for_loss(rows: Sequence[TrainRow], loss: str) -> list[TrainRow]:
             if row.positive:
                 out.append(row)
             elif row.score is not None and row.score >= threshold:
-                negative = next(iter(partners.get(row.anchor, []) + partners.get(row.other, [])), None)
+                negative = row.negative or next(iter(partners.get(row.anchor, []) + partners.get(row.other, [])), None)
                 out.append(replace(row, positive=True, score=None, negative=negative))
         return out
     out = []
