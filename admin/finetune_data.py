@@ -317,36 +317,48 @@ def rows_for_loss(rows: Sequence[TrainRow], loss: str) -> list[TrainRow]:
 
 
 def mnrl_batches(rows: Sequence[TrainRow], batch_size: int, seed: int) -> list[list[TrainRow]]:
-    """Shuffled batches where no two rows share an intent group or a text.
+    """Shuffled, full batches where no two rows share an intent group or a text.
 
     With in-batch negatives, a second paraphrase of the same FAQ in the batch would be taught as
-    "different": the false negative this avoids. Rows with and without a hard negative go into
-    separate batches (a batch must have the same columns). Batches of one row teach nothing and
-    are dropped.
+    "different": the false negative this avoids. Each batch is filled from the front of the shuffled
+    pool with the rows that fit; the ones that do not wait for the next batch.
+
+    An intent can give only one row per batch, so one big intent would stretch the epoch into many
+    small batches (BQ dev: one intent of 182 pairs made batches of 20 rows on average, a fifth of them
+    under 8, with batch size 32). So an intent with more rows than the epoch has batches gives a seeded
+    sample of them per epoch (another sample in the next). Rows with and without a hard negative go into
+    separate batches (a batch must have the same columns). Batches of one row teach nothing and are dropped.
     """
     rng = random.Random(seed)
     batches: list[list[TrainRow]] = []
     for with_negative in (True, False):
         pool = [r for r in rows if (r.negative is not None) == with_negative]
-        rng.shuffle(pool)
-        open_batches: list[tuple[list[TrainRow], set[str]]] = []
+        per_group: dict[str, list[TrainRow]] = {}
         for row in pool:
-            keys = {"g:" + row.group, "t:" + match_key(row.anchor), "t:" + match_key(row.other)}
-            if row.negative is not None:
-                keys.add("t:" + match_key(row.negative))
-            # Only the newest few open batches are tried, so a KB dominated by one FAQ stays linear.
-            for position in range(len(open_batches) - 1, max(-1, len(open_batches) - 65), -1):
-                batch, used = open_batches[position]
-                if not keys & used:
+            per_group.setdefault(row.group, []).append(row)
+        # the batches this epoch needs: fewer intents than batch_size cannot fill a batch
+        limit = -(-len(pool) // max(1, min(batch_size, len(per_group))))
+        pool = [r for group in per_group.values() for r in (rng.sample(group, limit) if len(group) > limit else group)]
+        rng.shuffle(pool)
+        while pool:
+            batch: list[TrainRow] = []
+            used: set[str] = set()
+            waiting: list[TrainRow] = []
+            for position, row in enumerate(pool):
+                if len(batch) >= batch_size:
+                    waiting.extend(pool[position:])
+                    break
+                keys = {"g:" + row.group, "t:" + match_key(row.anchor), "t:" + match_key(row.other)}
+                if row.negative is not None:
+                    keys.add("t:" + match_key(row.negative))
+                if keys & used:
+                    waiting.append(row)
+                else:
                     batch.append(row)
                     used |= keys
-                    if len(batch) >= batch_size:
-                        batches.append(batch)
-                        del open_batches[position]
-                    break
-            else:
-                open_batches.append(([row], set(keys)))
-        batches.extend(b for b, _ in open_batches if len(b) > 1)
+            if len(batch) > 1:
+                batches.append(batch)
+            pool = waiting
     rng.shuffle(batches)
     return batches
 

@@ -1,6 +1,7 @@
-"""Hard negatives mined from pair files that carry no FAQ ids (`--mine-negatives` on BQ-style TSV).
+"""Training data that needs no model: hard negatives mined from pair files without FAQ ids
+(`--mine-negatives` on BQ-style TSV) and MNRL batching.
 
-The encoder is a fixed table of unit vectors, so which text is "closest" is known exactly.
+The mining encoder is a fixed table of unit vectors, so which text is "closest" is known exactly.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from admin.finetune_data import TrainRow, intent_groups, mine_pair_negatives, rows_for_loss
+from admin.finetune_data import TrainRow, intent_groups, mine_pair_negatives, mnrl_batches, rows_for_loss
+from index.text import match_key
 
 # Cosine to "怎么退货" (the anchor below), by construction.
 SIMILARITY = {
@@ -80,3 +82,25 @@ def test_a_negative_already_given_is_kept_and_mined_ones_win_over_label0_partner
     assert by_pair[("怎么退货", "退货流程是什么")] == "退款多久到账"  # mined, not a label-0 partner
     without_mining = {(r.anchor, r.other): r.negative for r in rows_for_loss(rows, "mnrl")}
     assert without_mining[("发票怎么开", "可以开发票吗")] in {"退货运费谁出", "退款多久到账"}  # label-0 partner
+
+
+def test_one_big_intent_does_not_shrink_the_batches() -> None:
+    # BQ-like: 600 pairs over 150 small intents, plus one intent of 120 pairs (a long chain of
+    # paraphrases joined by union-find); batch size 32 means about 23 batches per epoch
+    rows = [TrainRow(f"小问题{i}", f"小说法{i}", positive=True, group=f"g{i % 150}") for i in range(600)]
+    rows += [TrainRow(f"关闭微粒贷{i}", f"怎么关闭{i}", positive=True, group="big") for i in range(120)]
+    for seed in (1, 2):
+        batches = mnrl_batches(rows, batch_size=32, seed=seed)
+        sizes = [len(b) for b in batches]
+        assert sum(sizes) / len(sizes) >= 28, sizes  # was 6 rows per batch: 120 batches for the big intent
+        for batch in batches:
+            groups = [r.group for r in batch]
+            assert len(groups) == len(set(groups))
+            texts = [match_key(t) for r in batch for t in (r.anchor, r.other)]
+            assert len(texts) == len(set(texts))
+        big = [r for b in batches for r in b if r.group == "big"]
+        assert len(batches) - 3 <= len(big) <= len(batches)  # about one row per batch: a sample of its 120
+        assert sum(sizes) >= 600  # the small intents all train
+    first = {r.anchor for b in mnrl_batches(rows, 32, 1) for r in b if r.group == "big"}
+    second = {r.anchor for b in mnrl_batches(rows, 32, 2) for r in b if r.group == "big"}
+    assert first != second  # another epoch (seed) samples other rows of it
