@@ -165,6 +165,7 @@ class TrainConfig:
     seed: int = 20240607
     max_steps: int | None = None
     time_budget_minutes: float | None = None
+    base_weight: float = 0.0  # blend the trained weights back toward the base's by this much (WiSE-FT)
 
 
 @dataclass
@@ -266,6 +267,29 @@ def _features(model: SentenceTransformer, batch: Sequence[TrainRow], config: Tra
     return [model.preprocess(texts, prompt=prompt or None) for texts, prompt in columns], labels
 
 
+def blend_with_base(model: SentenceTransformer, base_dir: Path, base_weight: float) -> int:
+    """Move every weight back toward the base's: `(1 - base_weight) * tuned + base_weight * base`.
+
+    Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): the blend keeps most of what training
+    taught the model about the team's domain and more of what the base knew about everything else
+    (the forgetting `--eval-kb` sets watch). Returns how many tensors were blended.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if not 0.0 <= base_weight < 1.0:
+        raise CliError(f"--base-weight {base_weight:g}: give a fraction in [0, 1), e.g. 0.3")
+    base_state = SentenceTransformer(str(base_dir), device="cpu").state_dict()
+    blended = 0
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            old = base_state.get(name)
+            if old is not None and tensor.is_floating_point() and old.shape == tensor.shape:
+                tensor.mul_(1.0 - base_weight).add_(old.to(tensor.dtype), alpha=base_weight)
+                blended += 1
+    return blended
+
+
 def _save(model: SentenceTransformer, target: Path, base_dir: Path) -> Path:
     """Save as a sentence-transformers dir, carrying the base's LICENSE/NOTICE along (MIT needs them)."""
     partial = target.with_name(target.name + ".partial")
@@ -297,7 +321,8 @@ def _keep_model_kwargs(base_dir: Path, saved_dir: Path) -> None:
 
 def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], out_dir: Path, config: TrainConfig,
           query_prompt: str, kb_prompt: str, *, show_progress: bool = True) -> TrainResult:
-    """Train in place and save to `out_dir` (epochs before the last also to checkpoints/epoch-N).
+    """Train in place and save to `out_dir` (epochs before the last also to checkpoints/epoch-N), blended
+    with the base by `config.base_weight` (the checkpoints are not: they are for continuing).
 
     Ctrl-C saves the weights as of the last finished step to checkpoints/interrupted and raises
     TrainingInterruptedError; the time budget and `max_steps` end training early but normally.
@@ -370,6 +395,8 @@ def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], 
         raise TrainingInterruptedError(saved) from None
     bar.close()
     model.eval()
+    if config.base_weight:
+        blend_with_base(model, base_dir, config.base_weight)
     result.seconds = time.monotonic() - started
     _save(model, Path(out_dir), base_dir)
     return result
@@ -612,6 +639,7 @@ def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: Trai
         f"| steps | {train_result.steps} of {train_result.planned_steps} planned"
         f"{' (' + train_result.stopped_early + ')' if train_result.stopped_early else ''} |",
         f"| epochs / batch size / learning rate | {config.epochs} / {config.batch_size} / {config.learning_rate:g} |",
+        f"| blended back toward the base | {config.base_weight:g} |",
         f"| max sequence length | {config.max_seq_length} tokens |",
         f"| word embeddings | {'frozen' if config.freeze_embeddings else 'trained'} |",
         f"| trainable layers | {'all' if config.trainable_layers is None else config.trainable_layers} |",
@@ -864,8 +892,11 @@ def _eval_sets(args: argparse.Namespace) -> tuple[list[FaqSet], dict[str, Any]]:
 
 
 def config_from(args: argparse.Namespace, loss: str) -> TrainConfig:
+    if not 0.0 <= args.base_weight < 1.0:  # checked before training, not after it
+        raise CliError(f"--base-weight {args.base_weight:g}: give a fraction in [0, 1), e.g. 0.3", 2)
     return TrainConfig(
-        loss=loss, symmetric=args.symmetric, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        loss=loss, symmetric=args.symmetric, base_weight=args.base_weight, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
         freeze_embeddings=not args.train_embeddings, trainable_layers=args.trainable_layers, pooling=args.pooling,
         query_prompt=args.query_prompt, kb_prompt=args.kb_prompt, threads=args.threads, seed=args.seed,
@@ -918,11 +949,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         pair_sets[holdout_label] = _sample(labelled_pairs(heldout), args.eval_max_pairs)
     warn_eval_overlap({n: p for n, p in pair_sets.items() if n != holdout_label}, rows)
     loss = choose_loss(args.loss, rows)
+    config = config_from(args, loss)
     out_dir = Path(args.out or Path(settings.data_dir) / "models" / f"finetuned-{datetime.now():%Y%m%d-%H%M%S}")
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise CliError(f"--out {out_dir} exists and is not empty (use --overwrite, or another directory)", 2)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = config_from(args, loss)
 
     base_dir = resolve_base(args.base, Path(settings.data_dir))
     timings["base export / load"] = time.monotonic() - started
@@ -1076,6 +1107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_group.add_argument("--symmetric", action="store_true",
                              help="MNRL both ways: each text of a pair must also find its partner among the "
                                   "batch's anchors (no extra encoding)")
+    train_group.add_argument("--base-weight", dest="base_weight", type=float, default=0.0,
+                             help="after training, blend the weights back toward the base's by this fraction "
+                                  "(0.3: 70%% tuned + 30%% base): keeps more of what the base knew (default 0)")
     train_group.add_argument("--pooling", choices=POOLINGS, help="replace the base's pooling (default: keep it)")
     train_group.add_argument("--query-prompt", dest="query_prompt", help="prefix for questions (default: the model's)")
     train_group.add_argument("--kb-prompt", dest="kb_prompt", help="prefix for KB texts (default per FAQBOT_KB_PREFIX)")

@@ -113,6 +113,37 @@ def test_a_base_without_a_pooler_stays_without_one(tiny_st_model: Path, tiny_kb:
     assert "MISSING" not in capsys.readouterr().err
 
 
+def _weights(model_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_base_weight_blends_the_trained_weights_back_toward_the_base(tiny_st_model: Path, tiny_kb: Path,
+                                                                     tmp_path: Path) -> None:
+    train = str(_jsonl(tmp_path / "t.jsonl", PAIRS))
+    common = ["--train", train, "--max-steps", "2", "--learning-rate", "1e-2", "--symmetric"]
+    assert main(_args(tiny_st_model, tiny_kb, tmp_path, *common, "--out", str(tmp_path / "plain"))) == 0
+    assert main(_args(tiny_st_model, tiny_kb, tmp_path, *common, "--base-weight", "0.25",
+                      "--out", str(tmp_path / "blended"))) == 0
+    base, plain, blended = (_weights(d) for d in (tiny_st_model, tmp_path / "plain", tmp_path / "blended"))
+    moved = 0
+    for name, value in blended.items():
+        np.testing.assert_allclose(value, 0.75 * plain[name] + 0.25 * base[name], atol=1e-6, err_msg=name)
+        moved += not np.allclose(plain[name], base[name])
+    assert moved > 10  # training did move the weights, so the blend is a real one
+
+
+def test_base_weight_out_of_range_stops_before_training(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "tuned"
+    code = main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(_jsonl(tmp_path / "t.jsonl", PAIRS)),
+                      "--base-weight", "1", "--out", str(out)))
+    assert code == 2
+    assert "--base-weight 1: give a fraction in [0, 1)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_gate_refuses_a_worse_model_and_keeps_the_encoder(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     # Teach the opposite of the KB: every question paired with another FAQ's, at a learning rate that wrecks it.
