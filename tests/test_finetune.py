@@ -198,7 +198,7 @@ def test_ctrl_c_leaves_a_usable_checkpoint(tiny_st_model: Path, tmp_path: Path, 
     config = finetune.TrainConfig(loss="mnrl", epochs=5, batch_size=4, threads=1, learning_rate=1e-3)
     model, query_prompt, kb_prompt = finetune.prepare_model(tiny_st_model, config, "query")
     rows = [TrainRow(p["query"], p["positive"], positive=True, group=str(i)) for i, p in enumerate(PAIRS)]
-    real_loss = finetune._loss(model, "mnrl")
+    real_loss = finetune._loss(model, config)
     calls = {"n": 0}
 
     def interrupting_loss(features: list, labels: object) -> object:
@@ -207,7 +207,7 @@ def test_ctrl_c_leaves_a_usable_checkpoint(tiny_st_model: Path, tmp_path: Path, 
             raise KeyboardInterrupt
         return real_loss(features, labels)
 
-    monkeypatch.setattr(finetune, "_loss", lambda model, name: interrupting_loss)
+    monkeypatch.setattr(finetune, "_loss", lambda model, config: interrupting_loss)
     with pytest.raises(finetune.TrainingInterruptedError) as caught:
         finetune.train(model, tiny_st_model, rows, tmp_path / "out", config, query_prompt, kb_prompt,
                        show_progress=False)
