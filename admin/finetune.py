@@ -960,6 +960,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     phase = time.monotonic()
     model, query_prompt, kb_prompt = prepare_model(base_dir, config, settings.kb_prefix)
     rows = intent_groups(rows)
+    for flag, given in (("--mine-negatives", args.mine_negatives), ("--symmetric", args.symmetric)):
+        if given and loss != "mnrl":
+            print(f"note: {flag} applies to the mnrl loss only; ignored for {loss}", file=sys.stderr)
     if (args.from_kb or args.from_misses or args.mine_negatives) and loss == "mnrl":
         def encode(texts: Sequence[str]) -> np.ndarray:
             return model.encode(list(texts), prompt=query_prompt or None, normalize_embeddings=True,

@@ -144,6 +144,35 @@ def test_base_weight_out_of_range_stops_before_training(tiny_st_model: Path, tin
     assert not out.exists()
 
 
+def test_mnrl_only_options_say_they_are_ignored_for_cosent(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    tsv = tmp_path / "scored.tsv"
+    tsv.write_text("可以开票吗\t是否支持开具发票？\t1\n可以开票吗\t怎么退货？\t0\n什么时候发货\t下单后多久发货？\t1\n",
+                   encoding="utf-8")
+    code = main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(tsv), "--loss", "cosent", "--max-steps", "1",
+                      "--mine-negatives", "--symmetric", "--out", str(tmp_path / "tuned")))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "note: --mine-negatives applies to the mnrl loss only; ignored for cosent" in err
+    assert "note: --symmetric applies to the mnrl loss only; ignored for cosent" in err
+    assert "mining hard negatives" not in err
+
+
+def test_mine_negatives_on_a_pair_file_without_faq_ids(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    tsv = tmp_path / "bq.tsv"
+    tsv.write_text("".join(f"{p['query']}\t{p['positive']}\t1\n" for p in PAIRS), encoding="utf-8")
+    out = tmp_path / "tuned"
+    code = main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(tsv), "--loss", "mnrl", "--mine-negatives", "--symmetric",
+                      "--max-steps", "1", "--out", str(out)))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "mining hard negatives: the training text of another intent" in err
+    provenance = json.loads((out / "finetune.json").read_text(encoding="utf-8"))
+    assert provenance["data"]["given a mined negative"] >= 1  # five intents: each has others below its partner
+    assert provenance["config"]["symmetric"] is True
+
+
 def test_gate_refuses_a_worse_model_and_keeps_the_encoder(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     # Teach the opposite of the KB: every question paired with another FAQ's, at a learning rate that wrecks it.
