@@ -59,6 +59,7 @@ from admin.evaluation import (
     load_queries,
 )
 from admin.finetune_data import (
+    TEXT_INTENT,
     TrainingDataError,
     TrainRow,
     drop_seen,
@@ -277,8 +278,6 @@ def blend_with_base(model: SentenceTransformer, base_dir: Path, base_weight: flo
     import torch
     from sentence_transformers import SentenceTransformer
 
-    if not 0.0 <= base_weight < 1.0:
-        raise CliError(f"--base-weight {base_weight:g}: give a fraction in [0, 1), e.g. 0.3")
     base_state = SentenceTransformer(str(base_dir), device="cpu").state_dict()
     blended = 0
     with torch.no_grad():
@@ -968,10 +967,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             return model.encode(list(texts), prompt=query_prompt or None, normalize_embeddings=True,
                                 convert_to_numpy=True, batch_size=64, show_progress_bar=sys.stderr.isatty())
 
-        if args.from_kb or args.from_misses or any(not r.group.startswith("t:") for r in rows):
+        if args.from_kb or args.from_misses or any(not r.group.startswith(TEXT_INTENT) for r in rows):
             print("mining hard negatives: the FAQ the base model confuses each question with", file=sys.stderr)
             rows = mine_kb_negatives(rows, load_kb(args.from_kb or settings.kb), encode)
-        if args.mine_negatives and any(r.group.startswith("t:") for r in rows):
+        if args.mine_negatives and any(r.group.startswith(TEXT_INTENT) for r in rows):
             print("mining hard negatives: the training text of another intent the base model puts closest to each "
                   "pair (below its own partner)", file=sys.stderr)
             before_mining = sum(r.negative is not None for r in rows)

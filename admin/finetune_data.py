@@ -262,6 +262,9 @@ def mine_pair_negatives(rows: Sequence[TrainRow], encode: EncodeFn, chunk: int =
     return out
 
 
+TEXT_INTENT = "t:"  # prefix of the groups `intent_groups` derives from texts (not an FAQ id)
+
+
 def intent_groups(rows: Sequence[TrainRow]) -> list[TrainRow]:
     """Give rows without a group one from their texts: texts joined by positive rows form one intent."""
     groups = TextGroups()
@@ -269,7 +272,7 @@ def intent_groups(rows: Sequence[TrainRow]) -> list[TrainRow]:
     for row in rows:
         if row.positive or (row.score is not None and row.score >= threshold):
             groups.join(match_key(row.other), match_key(row.anchor))
-    return [row if row.group else replace(row, group="t:" + groups.find(match_key(row.anchor))) for row in rows]
+    return [row if row.group else replace(row, group=TEXT_INTENT + groups.find(match_key(row.anchor))) for row in rows]
 
 
 def positive_min(rows: Sequence[TrainRow]) -> float:
