@@ -220,31 +220,28 @@ def mine_pair_negatives(rows: Sequence[TrainRow], encode: EncodeFn, chunk: int =
     """Give each same-intent pair without a negative the training text of another intent that the model
     scores closest to its anchor, but still below the pair's own partner.
 
-    This is for pair files with no FAQ ids: the texts themselves are the "FAQ". Intents are the
-    groups of texts joined by positive pairs. A text the model already ranks above the known partner
-    is skipped: in noisy sets such as BQ, that text is more often an unlabelled paraphrase than a
-    real confusion, and teaching it as "different" would teach noise.
+    This is for pair files with no FAQ ids: the texts themselves are the "FAQ". Rows must carry their
+    intent (`intent_groups`); a text of a same-intent row belongs to that row's intent, any other text
+    (one seen only in label-0 pairs) is an intent of its own. A text the model already ranks above the
+    known partner is skipped: in noisy sets such as BQ, that text is more often an unlabelled
+    paraphrase than a real confusion, and teaching it as "different" would teach noise.
     """
     threshold = positive_min(rows)
-
-    def same_intent(row: TrainRow) -> bool:
-        return bool(row.positive) or (row.score is not None and row.score >= threshold)
-
-    todo = [i for i, r in enumerate(rows) if r.negative is None and same_intent(r)]
+    todo = [i for i, r in enumerate(rows) if r.negative is None and same_intent(r, threshold)]
     if not todo:
         return list(rows)
-    groups = TextGroups()
     texts: dict[str, str] = {}
+    text_intent: dict[str, str] = {}
     for row in rows:
         for text in (row.anchor, row.other, row.negative):
             if text is not None:
                 texts.setdefault(match_key(text), text)
-        if same_intent(row):
-            groups.join(match_key(row.anchor), match_key(row.other))
+        if same_intent(row, threshold):
+            text_intent[match_key(row.anchor)] = text_intent[match_key(row.other)] = row.group
     keys = list(texts)
     position = {key: i for i, key in enumerate(keys)}
-    roots: dict[str, int] = {}
-    intent = np.array([roots.setdefault(groups.find(key), len(roots)) for key in keys])
+    ids: dict[str, int] = {}
+    intent = np.array([ids.setdefault(text_intent.get(key, "text:" + key), len(ids)) for key in keys])
     vectors = encode([texts[key] for key in keys])
     out = list(rows)
     for start in range(0, len(todo), chunk):
@@ -270,9 +267,14 @@ def intent_groups(rows: Sequence[TrainRow]) -> list[TrainRow]:
     groups = TextGroups()
     threshold = positive_min(rows)
     for row in rows:
-        if row.positive or (row.score is not None and row.score >= threshold):
+        if same_intent(row, threshold):
             groups.join(match_key(row.other), match_key(row.anchor))
     return [row if row.group else replace(row, group=TEXT_INTENT + groups.find(match_key(row.anchor))) for row in rows]
+
+
+def same_intent(row: TrainRow, threshold: float) -> bool:
+    """A positive pair, or a pair scored at or above `threshold` (`positive_min`)."""
+    return bool(row.positive) or (row.score is not None and row.score >= threshold)
 
 
 def positive_min(rows: Sequence[TrainRow]) -> float:
@@ -286,8 +288,8 @@ def rows_for_loss(rows: Sequence[TrainRow], loss: str) -> list[TrainRow]:
 
     For `mnrl`, scored pairs at or above `positive_min` become positives, and a pair scored 0 that
     shares a text with a positive gives that positive its hard negative (in BQ/LCQMC these
-    labelled near-misses are the negatives the data offers) unless mining gave it one already. For the score losses, a positive is scored 1 and
-    a triplet also yields (anchor, negative) scored 0; 0-5 scores are kept (CoSENT ranks them; the
+    labelled near-misses are the negatives the data offers) unless mining gave it one already.
+    For the score losses, a positive is scored 1 and a triplet also yields (anchor, negative) scored 0; 0-5 scores are kept (CoSENT ranks them; the
     cosine loss divides them by 5).
     """
     if loss == "mnrl":
