@@ -167,6 +167,7 @@ class TrainConfig:
     max_steps: int | None = None
     time_budget_minutes: float | None = None
     base_weight: float = 0.0  # blend the trained weights back toward the base's by this much (WiSE-FT)
+    scale: float = 20.0  # MNRL/CoSENT similarity scale (1 / temperature); sentence-transformers' default is 20
 
 
 @dataclass
@@ -238,9 +239,9 @@ def _loss(model: SentenceTransformer, config: TrainConfig) -> Any:
         # symmetric: a query must find its FAQ among the batch's FAQs *and* the FAQ its query among the
         # batch's queries; the FAQ side of a file pair is not known, and serving compares both ways
         directions = ("query_to_doc", "doc_to_query") if config.symmetric else ("query_to_doc",)
-        return losses.MultipleNegativesRankingLoss(model, directions=directions)
+        return losses.MultipleNegativesRankingLoss(model, scale=config.scale, directions=directions)
     if config.loss == "cosent":
-        return losses.CoSENTLoss(model)
+        return losses.CoSENTLoss(model, scale=config.scale)
     return losses.CosineSimilarityLoss(model)
 
 
@@ -634,7 +635,8 @@ def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: Trai
         + "  ", f"Calibration: {after.calibration.source}", "",
         "## Training", "",
         "| parameter | value |", "|---|---|",
-        f"| loss | {config.loss}{' (symmetric)' if config.symmetric else ''} |", f"| examples | {train_result.rows} ({', '.join(f'{k} {v}' for k, v in data_summary.items())}) |",
+        f"| loss | {config.loss}{' (symmetric)' if config.symmetric else ''}"
+        f"{'' if config.loss == 'cosine' else f', scale {config.scale:g}'} |", f"| examples | {train_result.rows} ({', '.join(f'{k} {v}' for k, v in data_summary.items())}) |",
         f"| steps | {train_result.steps} of {train_result.planned_steps} planned"
         f"{' (' + train_result.stopped_early + ')' if train_result.stopped_early else ''} |",
         f"| epochs / batch size / learning rate | {config.epochs} / {config.batch_size} / {config.learning_rate:g} |",
@@ -893,8 +895,10 @@ def _eval_sets(args: argparse.Namespace) -> tuple[list[FaqSet], dict[str, Any]]:
 def config_from(args: argparse.Namespace, loss: str) -> TrainConfig:
     if not 0.0 <= args.base_weight < 1.0:  # checked before training, not after it
         raise CliError(f"--base-weight {args.base_weight:g}: give a fraction in [0, 1), e.g. 0.3", 2)
+    if not args.scale > 0:
+        raise CliError(f"--scale {args.scale:g}: give a positive number, e.g. 20 (the default) or 50", 2)
     return TrainConfig(
-        loss=loss, symmetric=args.symmetric, base_weight=args.base_weight, epochs=args.epochs,
+        loss=loss, symmetric=args.symmetric, base_weight=args.base_weight, scale=args.scale, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
         freeze_embeddings=not args.train_embeddings, trainable_layers=args.trainable_layers, pooling=args.pooling,
@@ -1112,6 +1116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_group.add_argument("--base-weight", dest="base_weight", type=float, default=0.0,
                              help="after training, blend the weights back toward the base's by this fraction "
                                   "(0.3: 70%% tuned + 30%% base): keeps more of what the base knew (default 0)")
+    train_group.add_argument("--scale", type=float, default=20.0,
+                             help="MNRL/CoSENT similarity scale, 1/temperature (default 20; e5 was pre-trained "
+                                  "at 100, so its cosines sit close together)")
     train_group.add_argument("--pooling", choices=POOLINGS, help="replace the base's pooling (default: keep it)")
     train_group.add_argument("--query-prompt", dest="query_prompt", help="prefix for questions (default: the model's)")
     train_group.add_argument("--kb-prompt", dest="kb_prompt", help="prefix for KB texts (default per FAQBOT_KB_PREFIX)")

@@ -134,14 +134,34 @@ def test_base_weight_blends_the_trained_weights_back_toward_the_base(tiny_st_mod
     assert moved > 10  # training did move the weights, so the blend is a real one
 
 
-def test_base_weight_out_of_range_stops_before_training(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--base-weight", "1", "--base-weight 1: give a fraction in [0, 1)"),
+    ("--scale", "0", "--scale 0: give a positive number"),
+])
+def test_out_of_range_options_stop_before_training(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture, flag: str, value: str,
+                                                   message: str) -> None:
     out = tmp_path / "tuned"
     code = main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(_jsonl(tmp_path / "t.jsonl", PAIRS)),
-                      "--base-weight", "1", "--out", str(out)))
+                      flag, value, "--out", str(out)))
     assert code == 2
-    assert "--base-weight 1: give a fraction in [0, 1)" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "cosent"])
+def test_scale_reaches_the_loss_and_the_provenance(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path, loss: str) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from admin.finetune import TrainConfig, _loss
+
+    model = SentenceTransformer(str(tiny_st_model), device="cpu")
+    assert _loss(model, TrainConfig(loss=loss, scale=50.0)).scale == 50.0
+    assert _loss(model, TrainConfig(loss=loss)).scale == 20.0  # sentence-transformers' default stays ours
+    out = tmp_path / "tuned"
+    assert main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(_jsonl(tmp_path / "t.jsonl", PAIRS)),
+                      "--loss", "mnrl", "--max-steps", "1", "--scale", "50", "--out", str(out))) == 0
+    assert json.loads((out / "finetune.json").read_text(encoding="utf-8"))["config"]["scale"] == 50.0
 
 
 def test_mnrl_only_options_say_they_are_ignored_for_cosent(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path,
