@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     kb: Path = Field(SAMPLE_KB, description="The FAQ knowledge base: one YAML file or a directory of them.")
     encoder: str = Field(
         "auto", description="Encoder: `auto` (the bundled model as ONNX int8, exported once into `<data_dir>/models` on first start; "
-        "the bundled engine if that cannot run), `bundled`, `sentence-transformers:<model id or path>` or `onnx:<path>`."
+        "the bundled engine if that cannot run), `bundled`, `bundled:<file>` (a fine-tuned model packed with `faqbot model pack-bundled`), "
+        "`sentence-transformers:<model id or path>` or `onnx:<path>`."
     )
     kb_prefix: Literal["query", "passage"] = Field(
         "query", description="Prompt used on the KB side for e5-style models: `query` (symmetric, measured better for FAQ questions) or `passage`."

