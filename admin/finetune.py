@@ -93,6 +93,7 @@ POOLINGS = ("mean", "cls", "max")
 BUNDLED_DIR = Path("models") / EXPORT_DIR
 CHECKPOINTS = "checkpoints"
 PROVENANCE_FILE = "finetune.json"
+Q4_FILE = "model-q4.bin"  # `--deploy --q4`: the model packed for the bundled engine
 DEFAULT_HOLDOUT = 0.2  # of labelled training pairs, kept out of training to recalibrate on (docs/finetune.md)
 PAIR_SAMPLE_SEED = 20240607
 
@@ -704,19 +705,44 @@ def write_deployed(settings: Settings, record: dict[str, Any]) -> Path:
     return path
 
 
-def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, onnx: bool,
-           calibrate_sets: CalibrationPairs | None,
-           command: str, report: Path | None) -> str:
-    """Switch the configured encoder to the fine-tuned model, rebuild the index with its calibration."""
+PACK_TEXTS = 512  # training texts that calibrate the 4-bit rounding; 2,048 measured no better (docs/finetune.md)
+
+
+def pack_texts(rows: Sequence[TrainRow], seed: int, limit: int = PACK_TEXTS) -> list[str]:
+    """A seeded sample of the training texts: the wording the packed model must keep (GPTQ calibration)."""
+    texts = sorted({t for r in rows for t in (r.anchor, r.other, r.negative) if t})
+    random.Random(seed).shuffle(texts)
+    return texts[:limit]
+
+
+def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, serve_as: str,
+           calibrate_sets: CalibrationPairs | None, command: str, report: Path | None,
+           calibration_texts: Sequence[str] = ()) -> str:
+    """Switch the configured encoder to the fine-tuned model, rebuild the index with its calibration.
+
+    `serve_as`: `sentence-transformers` (the directory itself), `onnx` (int8 export) or `q4` (packed in
+    the bundled engine's format, its rounding calibrated on `calibration_texts`).
+    """
     if settings.encoder not in ("auto", "bundled"):
         raise CliError(f"FAQBOT_ENCODER/--encoder is {settings.encoder!r}: a deployed model replaces only the defaults "
                        f"`auto`/`bundled`; unset it, or set it to sentence-transformers:{out_dir} yourself")
     spec = f"sentence-transformers:{Path(out_dir).resolve()}"
-    if onnx:
+    if serve_as == "onnx":
         from index.onnx_export import export_onnx
 
         print("exporting the fine-tuned model to ONNX int8", file=sys.stderr)
         spec = f"onnx:{export_onnx(Path(out_dir), int8=True)[-1].resolve()}"
+    elif serve_as == "q4":
+        from index.bundled_pack import PackError, pack_bundled
+
+        print(f"packing the fine-tuned model in the bundled engine's 4-bit format (rounding calibrated on "
+              f"{len(calibration_texts)} training texts)", file=sys.stderr)
+        try:
+            packed = pack_bundled(Path(out_dir), Path(out_dir) / Q4_FILE, calibration_texts,
+                                  threads=settings.encoder_threads, progress=sys.stderr.isatty())
+        except PackError as exc:
+            raise CliError(f"--q4: {exc}", 2) from exc
+        spec = f"bundled:{packed.resolve()}"
     record = {"encoder": spec, "model_dir": str(Path(out_dir).resolve()),
               "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,
               "report": str(report) if report else None}
@@ -959,6 +985,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base_dir = resolve_base(args.base, Path(settings.data_dir))
+    if args.deploy and args.q4:  # the base decides whether the engine can serve the result: say so now
+        from index.bundled_export import read_bundled
+        from index.bundled_pack import PackError, check_packable
+
+        try:
+            check_packable(base_dir, read_bundled())
+        except PackError as exc:
+            raise CliError(f"--q4: the bundled engine cannot serve a model fine-tuned from {base_dir}: {exc}", 2) from exc
     timings["base export / load"] = time.monotonic() - started
     phase = time.monotonic()
     model, query_prompt, kb_prompt = prepare_model(base_dir, config, settings.kb_prefix)
@@ -1062,8 +1096,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if not decision.passed:
             print("deploy refused: held-out overall accuracy dropped; the configured encoder is unchanged")
             return 3
-        print(deploy(settings, out_dir, after, onnx=args.onnx, calibrate_sets=calibrate_sets, command=command,
-                     report=report_path))
+        serve_as = "onnx" if args.onnx else "q4" if args.q4 else "sentence-transformers"
+        print(deploy(settings, out_dir, after, serve_as=serve_as, calibrate_sets=calibrate_sets, command=command,
+                     report=report_path, calibration_texts=pack_texts(train_rows, args.seed) if args.q4 else ()))
     return 0
 
 
@@ -1151,6 +1186,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="accept a held-out overall-accuracy drop up to this (default 0: must not drop)")
     check.add_argument("--deploy", action="store_true",
                        help="if the gate passes: switch the encoder to the new model, rebuild + recalibrate the index")
-    check.add_argument("--onnx", action="store_true", help="with --deploy: serve it as ONNX int8 (faster on CPU)")
+    serving = check.add_mutually_exclusive_group()
+    serving.add_argument("--onnx", action="store_true", help="with --deploy: serve it as ONNX int8 (faster on CPU)")
+    serving.add_argument("--q4", action="store_true",
+                         help=f"with --deploy: pack it in the bundled engine's 4-bit format ({Q4_FILE} in --out) "
+                              "and serve it there: bundled speed and memory, no torch")
     check.add_argument("--undeploy", action="store_true", help="go back to the default encoder, auto or bundled (and rebuild the index)")
     p.set_defaults(func=cmd_finetune)

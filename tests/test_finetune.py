@@ -358,3 +358,15 @@ def test_holdout_recalibrates_both_models_on_pairs_kept_out_of_training(tiny_st_
             "alone; 12 training examples held out") in report
     assert "threshold from bank/dev held out" in report  # the calibration source line says the same
     assert set(provenance["figures"]["base"]["pairs"]) == {"bank/dev held out"}  # reported as a dev figure too
+
+
+def test_q4_deploy_of_a_model_the_engine_cannot_run_stops_before_training(
+        tiny_st_model: Path, tiny_kb: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "tuned"
+    code = main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(_jsonl(tmp_path / "t.jsonl", PAIRS)),
+                      "--eval-kb", str(tiny_kb), "--eval-queries", str(_jsonl(tmp_path / "q.jsonl", EVAL_QUERIES)),
+                      "--deploy", "--q4", "--out", str(out)))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--q4: the bundled engine cannot serve a model fine-tuned from" in err and "hidden_size" in err
+    assert not (out / "model.safetensors").exists()
