@@ -526,12 +526,14 @@ def _printer() -> Callable[[str], None]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from admin.cli import ENCODER_HELP
+
     p = subparsers.add_parser("bench", help="measure /chat against the bare encoder and a naive server (prints figures)")
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB); questions are drawn from it")
     p.add_argument("--data-dir", dest="data_dir", type=Path,
                    help="runtime data directory (FAQBOT_DATA_DIR): its models (auto's export, a deployed model) are "
                         "benched; the servers build their own index in a temporary directory")
-    p.add_argument("--encoder", help="auto (default) | bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
+    p.add_argument("--encoder", help=ENCODER_HELP)
     p.add_argument("--threads", type=int, help="encoder threads per process (FAQBOT_ENCODER_THREADS)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the batched server (default 1)")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase (default 8)")

@@ -25,6 +25,9 @@ EXIT_USAGE = 2
 EXIT_INVALID = 1
 
 
+ENCODER_HELP = "auto (default) | bundled | bundled:FILE | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)"
+
+
 class CliError(Exception):
     """A problem to print as `faqbot: error: …` with an exit code."""
 
@@ -203,7 +206,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def _add_common(p: argparse.ArgumentParser, *, server: bool = False) -> None:
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB)")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="runtime data directory (FAQBOT_DATA_DIR)")
-    p.add_argument("--encoder", help="auto (default) | bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
+    p.add_argument("--encoder", help=ENCODER_HELP)
     if server:
         p.add_argument("--host", help="bind address (FAQBOT_HOST, default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port (FAQBOT_PORT, default 8000)")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from admin.cli import CliError, progress_bar, settings_from
+from admin.cli import ENCODER_HELP, CliError, progress_bar, settings_from
 from admin.lint import lint_kb
 from admin.misses import (
     MissFilter,
@@ -36,7 +36,7 @@ from index.faq_index import IndexUnavailableError, StaleIndexError
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB)")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="runtime data directory (FAQBOT_DATA_DIR)")
-    p.add_argument("--encoder", help="auto (default) | bundled | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)")
+    p.add_argument("--encoder", help=ENCODER_HELP)
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
