@@ -6,6 +6,7 @@ held) so batching is provable; the HTTP tests run the real app on uvicorn with t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -270,8 +271,10 @@ class SlowEncoder:
         self.batch_sizes: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set once a call is inside the encoder (perhaps held at the gate)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        self.entered.set()
         self.gate.wait(30)
         self.batch_sizes.append(len(texts))
         time.sleep(self.delay)
@@ -322,8 +325,13 @@ def test_a_full_queue_is_a_fast_503_over_http(make_settings, bundled_encoder) ->
     settings = make_settings(max_batch=2, queue_size=2, cache_size=0, exact_match=False, rate_limit_enabled=False)
     with serve_app(build_app(settings, encoder=slow)) as base:
         slow.gate.clear()  # hold the encoder: the first question sits in it, the next two fill the queue
+        slow.entered.clear()
         with ThreadPoolExecutor(8) as pool:
-            held = [pool.submit(httpx.post, base + "/chat", json={"message": f"占住{i}"}, timeout=60) for i in range(3)]
+            ask = functools.partial(httpx.post, base + "/chat", timeout=60)
+            # One question first, held inside the encoder; sent together, the worker could take two as one batch.
+            held = [pool.submit(ask, json={"message": "占住0"})]
+            assert slow.entered.wait(30), "the first question never reached the encoder"
+            held += [pool.submit(ask, json={"message": f"占住{i}"}) for i in (1, 2)]
             deadline = time.monotonic() + 30
             while _metric(httpx.get(base + "/metrics").text, "faqbot_encoder_queue_depth") < 2:
                 assert time.monotonic() < deadline, "the queue never filled"
