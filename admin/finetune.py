@@ -741,7 +741,7 @@ def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, serve_as: 
             packed = pack_bundled(Path(out_dir), Path(out_dir) / Q4_FILE, calibration_texts,
                                   threads=settings.encoder_threads, progress=sys.stderr.isatty())
         except PackError as exc:
-            raise CliError(f"--q4: {exc}", 2) from exc
+            raise CliError(f"--q4: {exc}") from exc
         spec = f"bundled:{packed.resolve()}"
     record = {"encoder": spec, "model_dir": str(Path(out_dir).resolve()),
               "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,

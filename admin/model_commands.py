@@ -45,11 +45,11 @@ def _read_texts(path: Path) -> list[str]:
     try:
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"--calibration-texts {path}: {exc}", 2) from exc
+        raise CliError(f"--calibration-texts {path}: {exc}") from exc
 
 
 def cmd_pack_bundled(args: argparse.Namespace) -> int:
-    from admin.cli import settings_from
+    from admin.cli import CliError, settings_from
     from faq import load_kb
     from index.bundled_pack import PackError, cosine_agreement, pack_bundled
 
@@ -60,8 +60,7 @@ def cmd_pack_bundled(args: argparse.Namespace) -> int:
     try:
         out = pack_bundled(Path(args.model), Path(args.out), calibration, threads=args.threads, progress=True)
     except PackError as exc:
-        print(f"faqbot: error: {exc}", file=sys.stderr)
-        return 1
+        raise CliError(str(exc)) from exc
     how = f"GPTQ on {len(calibration)} texts" if calibration else "rounded to nearest"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.0f} MB, {how}) in {time.perf_counter() - started:.1f}s")
     if not args.no_check:

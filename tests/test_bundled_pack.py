@@ -149,13 +149,17 @@ def test_a_packed_finetune_follows_the_float_model(export_dir: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_pack_refuses_a_model_the_engine_cannot_run(tiny_st_model: Path, export_dir: Path, tmp_path: Path) -> None:
+def test_pack_refuses_a_model_the_engine_cannot_run(tiny_st_model: Path, export_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
     import json
 
+    from admin.cli import main
     from index.bundled_pack import pack_bundled
 
     with pytest.raises(PackError, match="not the bundled model's shape"):
         pack_bundled(tiny_st_model, tmp_path / "x.bin", progress=False)
+    assert main(["model", "pack-bundled", "--model", str(tiny_st_model), "--out", str(tmp_path / "x.bin")]) == 1
+    assert "faqbot: error: " in capsys.readouterr().err and not (tmp_path / "x.bin").exists()
     cls_pooled = tmp_path / "cls"
     shutil.copytree(export_dir, cls_pooled)
     config = json.loads((cls_pooled / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
