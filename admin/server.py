@@ -9,9 +9,10 @@ from bot.settings import Settings
 from index.encoders import Encoder
 
 
-def build_app(settings: Settings | None = None, *, encoder: Encoder | None = None) -> FastAPI:
+def build_app(settings: Settings | None = None, *, encoder: Encoder | None = None,
+              load_before_serving: bool = False) -> FastAPI:
     settings = settings or Settings()
-    app = create_app(settings, encoder=encoder)
+    app = create_app(settings, encoder=encoder, load_before_serving=load_before_serving)
     try:
         from admin.routes import install_admin
     except ImportError:  # admin routes not installed in this build
@@ -21,5 +22,8 @@ def build_app(settings: Settings | None = None, *, encoder: Encoder | None = Non
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory for `faqbot serve` (settings come from FAQBOT_* set by the CLI), one per worker."""
-    return build_app(Settings())
+    """uvicorn factory for `faqbot serve --workers N` (settings come from FAQBOT_* set by the CLI), one per worker.
+
+    The supervisor has built the index already, so each worker only loads it, before it takes connections.
+    """
+    return build_app(Settings(), load_before_serving=True)

@@ -1,7 +1,9 @@
 """The app factory: `create_app(settings)` builds a FastAPI app around one `FaqService`.
 
 Nothing heavy happens at import time; the index is loaded (or built) in a background thread at
-start-up, so /healthz answers at once and /readyz says when questions can be answered.
+start-up, so /healthz answers at once and /readyz says when questions can be answered. A worker of a
+multi-worker server loads it before it takes connections instead (`load_before_serving`): its
+siblings may already be serving, and a customer must not land on one that is still loading.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ PUBLISHED_INDEX_POLL_SECONDS = 2.0
 
 
 def create_app(settings: Settings | None = None, *, encoder: Encoder | None = None, store: Store | None = None,
-               service: FaqService | None = None) -> FastAPI:
+               service: FaqService | None = None, load_before_serving: bool = False) -> FastAPI:
     """A ready-to-serve app; pass `encoder`/`store`/`service` to share them (tests, CLI)."""
     settings = settings or Settings()
     service = service or FaqService(settings, encoder=encoder, store=store)
@@ -52,8 +54,10 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
         configure_logging(settings.log_level, settings.log_format)
         # The encoder worker and the batched miss writer first, so the first question finds them.
         service.start_pipeline(app.state.metrics)
-        threading.Thread(target=_start_and_watch, args=(service, stop, app.state.metrics), name="faqbot-index",
-                         daemon=True).start()
+        if load_before_serving:  # uvicorn listens only after the lifespan's start-up has returned
+            await asyncio.to_thread(service.start)
+        threading.Thread(target=_start_and_watch, args=(service, stop, app.state.metrics, not load_before_serving),
+                         name="faqbot-index", daemon=True).start()
         for start_task in app.state.background_tasks:  # e.g. admin's KB watcher; each stops with `stop`
             start_task(stop)
         try:
@@ -104,9 +108,10 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     return app
 
 
-def _start_and_watch(service: FaqService, stop: threading.Event, metrics: Metrics) -> None:
-    """Load the index, then follow the published version so every worker swaps to a new one."""
-    service.start()
+def _start_and_watch(service: FaqService, stop: threading.Event, metrics: Metrics, load: bool) -> None:
+    """Load the index (unless the lifespan did), then follow the published version so every worker swaps to a new one."""
+    if load:
+        service.start()
     while not stop.wait(PUBLISHED_INDEX_POLL_SECONDS):
         try:
             if service.refresh_if_published():

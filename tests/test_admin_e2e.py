@@ -258,9 +258,15 @@ def test_admin_api_is_off_without_a_token(tmp_path, bundled_encoder):
 def test_every_worker_of_a_multi_worker_server_serves_the_reloaded_index(tmp_path):
     kb = write_kb(tmp_path)
     env = {"FAQBOT_ADMIN_TOKEN": TOKEN, "FAQBOT_THRESHOLD": "0.93"}
-    with faqbot_serve(kb, tmp_path / "var", env=env, extra_args=("--workers", "2")) as (base, _proc), \
+    log = tmp_path / "serve.log"
+    with faqbot_serve(kb, tmp_path / "var", env=env, extra_args=("--workers", "2"), log_file=log) as (base, _proc), \
             httpx.Client(base_url=base, timeout=30) as client:
-        miss_id = client.post("/chat", json={"message": MISSED}).json()["miss_id"]
+        # Ready means every worker answers: each loads the index before it takes connections.
+        for _ in range(20):
+            with httpx.Client(base_url=base, timeout=30) as fresh:
+                reply = fresh.post("/chat", json={"message": MISSED})
+            assert reply.status_code == 200, (reply.text, log.read_text(encoding="utf-8")[-4000:])
+        miss_id = reply.json()["miss_id"]
         assert miss_id
         response = client.post(f"/admin/misses/{miss_id}/resolve", headers=AUTH, timeout=180,
                                json={"action": "attach", "faq_id": "shipping_time"})
@@ -271,6 +277,8 @@ def test_every_worker_of_a_multi_worker_server_serves_the_reloaded_index(tmp_pat
         streak = 0
         while time.monotonic() < deadline and streak < 20:
             with httpx.Client(base_url=base, timeout=30) as fresh:
-                body = fresh.post("/chat", json={"message": MISSED}).json()
+                reply = fresh.post("/chat", json={"message": MISSED})
+            body = reply.json()
+            assert reply.status_code == 200, (body, log.read_text(encoding="utf-8")[-4000:])
             streak = streak + 1 if body["index_version"] == version and body["faq_id"] == "shipping_time" else 0
         assert streak >= 20, body

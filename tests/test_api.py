@@ -8,6 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+
+from admin.server import build_app
+from tests.conftest import ThreadServer
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +149,13 @@ def test_cors_preflight_allows_the_widget_from_another_origin(live_app: str) -> 
                                                    "Access-Control-Request-Headers": "content-type"})
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] in ("*", "https://shop.example.com")
+
+
+def test_a_worker_that_loads_before_serving_answers_its_first_connection(make_settings, bundled_encoder) -> None:
+    """What each worker of `faqbot serve --workers N` does: no customer may land on one still loading."""
+    app = build_app(make_settings(), encoder=bundled_encoder, load_before_serving=True)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    with ThreadServer(config).run_in_thread() as base:  # yields as soon as uvicorn listens
+        first = post(base, "/chat", {"message": "你们能开发票吗"})
+        assert first.status_code == 200, first.text
+        assert first.json()["faq_id"] == "invoice"
