@@ -278,7 +278,7 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(misses)).scalar_one())
 
-    # --- the improvement loop (admin/misses.py, admin/stats.py) ----------------------------------
+    # --- the improvement loop (admin.curation: misses, stats) ------------------------------------
     def misses_by_ids(self, miss_ids: Sequence[int]) -> list[dict[str, Any]]:
         miss_ids = [i for i in miss_ids if _storable_id(i)]
         query = select(misses).where(misses.c.id.in_(list(miss_ids))).order_by(misses.c.id)

@@ -3,7 +3,7 @@
 A `Calibration` is a monotone piecewise-linear map through knots (cosine, percent), clamped to
 0..100, plus the default threshold (a cosine) and the ambiguity margin. It is stored in the index
 metadata, so every score an index gives is read the same way. `faqbot calibrate` fits one
-(admin/calibrate.py); the one for the bundled encoder ships in `index/calibrations/` so a fresh
+(admin.quality.calibrate); the one for the bundled encoder ships in `index/calibrations/` so a fresh
 install reads scores correctly before anyone calibrates (how it was made: docs/quality.md).
 
 `extra["scope"]` says where a calibration came from: "shipped" (the package file), "local" (fitted

@@ -272,7 +272,7 @@ def serve_fake_platform(fake: FakePlatform) -> Iterator[str]:
 @contextlib.contextmanager
 def channel_server(tmp: Path, encoder: Any, **overrides: Any) -> Iterator[ChannelServer]:
     """faqbot (bot + admin) with every channel configured, outbound pointed at a fake platform server."""
-    from admin.server import build_app
+    from admin.web.app import build_app
     from bot.settings import Settings
     from bot.store import Store
 

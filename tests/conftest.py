@@ -153,7 +153,7 @@ def make_settings(tmp_path: Path, tiny_kb: Path):
 @pytest.fixture
 def live_app(make_settings, bundled_encoder) -> Iterator[str]:
     """A real uvicorn serving the full app (bot + admin) on the tiny KB; yields its base URL."""
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     with serve_app(build_app(make_settings(), encoder=bundled_encoder)) as base:
         yield base

@@ -33,7 +33,7 @@ def write_kb(tmp_path: Path) -> Path:
 
 @contextlib.contextmanager
 def admin_server(tmp_path: Path, encoder, **overrides: object) -> Iterator[tuple[str, Path]]:
-    from admin.server import build_app
+    from admin.web.app import build_app
     from bot.settings import Settings
 
     kb = write_kb(tmp_path)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from admin.cli import main
-from admin.lint import lint_kb
-from admin.misses import (
+from admin.cli.main import main
+from admin.curation.lint import lint_kb
+from admin.curation.misses import (
     MissFilter,
     Resolution,
     cluster_misses,
@@ -25,8 +25,8 @@ from admin.misses import (
     resolve,
     training_pairs,
 )
-from admin.rebuild import FileLock, KbWatcher, Rebuilder, load_golden, rebuild_lock
-from admin.stats import compute_stats
+from admin.curation.rebuild import FileLock, KbWatcher, Rebuilder, load_golden, rebuild_lock
+from admin.curation.stats import compute_stats
 from bot.errors import FaqbotError
 from bot.service import FaqService, ensure_index
 from faq import KBError, load_kb

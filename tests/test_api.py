@@ -10,7 +10,7 @@ import httpx
 import pytest
 import uvicorn
 
-from admin.server import build_app
+from admin.web.app import build_app
 from tests.conftest import ThreadServer
 
 pytestmark = pytest.mark.slow

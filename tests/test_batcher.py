@@ -293,7 +293,7 @@ def _metric(text: str, name: str) -> float:
 
 @pytest.mark.slow
 def test_concurrent_chat_is_batched_over_http_with_the_same_answers(make_settings, bundled_encoder) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
     from tests.conftest import serve_app
 
     slow = SlowEncoder(bundled_encoder, delay=0.05)
@@ -318,7 +318,7 @@ def test_concurrent_chat_is_batched_over_http_with_the_same_answers(make_setting
 
 @pytest.mark.slow
 def test_a_full_queue_is_a_fast_503_over_http(make_settings, bundled_encoder) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
     from tests.conftest import serve_app
 
     slow = SlowEncoder(bundled_encoder, delay=0.0)

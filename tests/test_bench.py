@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.bench import QuestionStreams, process_tree
+from admin.loadtest.bench import QuestionStreams, process_tree
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -102,7 +102,7 @@ def test_packing_the_export_rebuilds_the_shipped_model(export_dir: Path, tmp_pat
                                                        capsys: pytest.CaptureFixture) -> None:
     import re
 
-    from admin.cli import main
+    from admin.cli.main import main
     from index.encoders import BundledEncoder, EncoderSpec, load_encoder
 
     packed = tmp_path / "model-q4.bin"
@@ -153,7 +153,7 @@ def test_pack_refuses_a_model_the_engine_cannot_run(tiny_st_model: Path, export_
                                                     capsys: pytest.CaptureFixture) -> None:
     import json
 
-    from admin.cli import main
+    from admin.cli.main import main
     from index.bundled_pack import pack_bundled
 
     with pytest.raises(PackError, match="not the bundled model's shape"):
@@ -175,7 +175,7 @@ def test_finetune_deploy_q4_serves_the_packed_model_on_the_engine(export_dir: Pa
                                                                   capsys: pytest.CaptureFixture) -> None:
     import json
 
-    from admin.cli import main
+    from admin.cli.main import main
     from bot.service import encoder_spec
     from bot.settings import Settings
     from index.encoders import load_encoder

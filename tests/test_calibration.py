@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from admin.calibrate import (
+from admin.cli.main import main
+from admin.quality.calibrate import (
     CalibrationDataError,
     calibrate_from_kb,
     calibrate_from_pairs,
     faq_bench_from_pairs,
     fit_percent_map,
 )
-from admin.cli import main
-from admin.evaluation import LabelledPair, evaluate_pairs
+from admin.quality.evaluation import LabelledPair, evaluate_pairs
 from faq import load_kb
 from index.calibration import (
     SCOPE_LOCAL,

@@ -42,7 +42,7 @@ def test_readyz_is_503_until_the_index_is_loaded(tmp_path: Path) -> None:
 
     port = free_port()
     code = (
-        "import sys, uvicorn; from admin.server import build_app; from bot.settings import Settings;"
+        "import sys, uvicorn; from admin.web.app import build_app; from bot.settings import Settings;"
         f"uvicorn.run(build_app(Settings(kb={str(SAMPLE_KB)!r}, data_dir={str(tmp_path / 'd')!r})),"
         f" host='127.0.0.1', port={port}, log_level='warning')"
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from admin.cli import main
-from admin.evaluation import (
+from admin.cli.main import main
+from admin.quality.evaluation import (
     EvalDataError,
     EvalQuery,
     LabelledPair,

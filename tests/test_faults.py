@@ -75,7 +75,7 @@ class Traffic:
 
 
 def test_a_yaml_broken_mid_edit_during_a_reload_keeps_the_old_index(make_settings, bundled_encoder, tiny_kb) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     settings = make_settings(admin_token=TOKEN, rate_limit_enabled=False)
     with serve_app(build_app(settings, encoder=bundled_encoder)) as base, Traffic(base) as traffic:
@@ -150,7 +150,7 @@ def test_sigkill_during_a_rebuild_restarts_on_the_previous_complete_index(tiny_k
 @pytest.fixture
 def db_app(make_settings, bundled_encoder, tmp_path) -> Iterator[tuple[str, Path, object]]:
     """The full app on a SQLite store whose busy timeout is short (0.3 s), so 'locked' is visible fast."""
-    from admin.server import build_app
+    from admin.web.app import build_app
     from bot.app import create_app
     from bot.store import Store
 
@@ -315,7 +315,7 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="filling a real disk needs a tmpfs mount (root)")
 def test_a_full_disk_on_the_data_dir(make_settings, bundled_encoder, tiny_kb, tmp_path) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     with small_tmpfs(tmp_path / "small-disk", "3m") as data_dir:
         settings = make_settings(admin_token=TOKEN, data_dir=data_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from admin.cli import main
-from admin.finetune_data import (
+from admin.cli.main import main
+from admin.finetune.data import (
     TrainingDataError,
     TrainRow,
     intent_groups,
@@ -153,7 +153,7 @@ def test_out_of_range_options_stop_before_training(tiny_st_model: Path, tiny_kb:
 def test_scale_reaches_the_loss_and_the_provenance(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path, loss: str) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from admin.finetune import TrainConfig, _loss
+    from admin.finetune.run import TrainConfig, _loss
 
     model = SentenceTransformer(str(tiny_st_model), device="cpu")
     assert _loss(model, TrainConfig(loss=loss, scale=50.0)).scale == 50.0
@@ -242,7 +242,7 @@ def test_deploy_switches_the_encoder_rebuilds_the_index_and_undeploy_goes_back(
 
 
 def test_ctrl_c_leaves_a_usable_checkpoint(tiny_st_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from admin import finetune
+    from admin.finetune import run as finetune
 
     config = finetune.TrainConfig(loss="mnrl", epochs=5, batch_size=4, threads=1, learning_rate=1e-3)
     model, query_prompt, kb_prompt = finetune.prepare_model(tiny_st_model, config, "query")
@@ -328,7 +328,7 @@ def test_mnrl_batches_never_put_one_intent_twice_in_a_batch() -> None:
 def test_holdout_recalibrates_both_models_on_pairs_kept_out_of_training(tiny_st_model: Path, tiny_kb: Path,
                                                                          tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture) -> None:
-    from admin.finetune_data import holdout_split, training_texts
+    from admin.finetune.data import holdout_split, training_texts
 
     lines = []
     for i in range(24):  # 24 intents, each: two wordings that match, one that does not

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from admin.finetune_data import TrainRow, intent_groups, mine_pair_negatives, mnrl_batches, rows_for_loss
+from admin.finetune.data import TrainRow, intent_groups, mine_pair_negatives, mnrl_batches, rows_for_loss
 from index.text import match_key
 
 # Cosine to "怎么退货" (the anchor below), by construction.

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from admin.cli import CliError
-from admin.evaluation import LabelledPair
-from admin.finetune import calibration_sets, holdout_fraction
-from admin.finetune_data import (
+from admin.cli.main import CliError
+from admin.finetune.data import (
     TrainingDataError,
     TrainRow,
     drop_seen,
@@ -23,6 +21,8 @@ from admin.finetune_data import (
     labelled_pairs,
     training_texts,
 )
+from admin.finetune.run import calibration_sets, holdout_fraction
+from admin.quality.evaluation import LabelledPair
 from index.text import match_key
 
 
@@ -132,7 +132,7 @@ def test_drop_seen_compares_normalised_texts() -> None:
 def test_gate_on_names_the_sets_that_gate_and_the_others_are_watched(tmp_path: Path) -> None:
     import json
 
-    from admin.finetune import _eval_sets
+    from admin.finetune.run import _eval_sets
 
     kbs = []
     for name in ("bank", "general"):

@@ -215,7 +215,7 @@ def admin_cases(miss_id: int) -> list[Case]:
 
 @pytest.fixture(scope="module")
 def hostile_server(tmp_path_factory, bundled_encoder) -> Iterator[tuple[str, Path, Path]]:
-    from admin.server import build_app
+    from admin.web.app import build_app
     from bot.settings import Settings
 
     root = tmp_path_factory.mktemp("hostile")

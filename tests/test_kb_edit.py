@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.kb_edit import KbEditError, add_faq, add_paraphrases
+from admin.curation.kb_edit import KbEditError, add_faq, add_paraphrases
 from faq import load_kb
 from faq.loader import kb_files
 

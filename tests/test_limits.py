@@ -103,7 +103,7 @@ def _assert_429(response: httpx.Response) -> None:
 
 @pytest.mark.slow
 def test_chat_is_limited_per_session_and_per_ip(make_settings, bundled_encoder) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     settings = make_settings(rate_limit_enabled=True, rate_limit_exempt_ips=[], rate_limit_chat_burst=3, rate_limit_chat_per_minute=6, rate_limit_ip_burst=8,
                              rate_limit_ip_per_minute=6)
@@ -125,7 +125,7 @@ def test_chat_is_limited_per_session_and_per_ip(make_settings, bundled_encoder) 
 
 @pytest.mark.slow
 def test_similarity_and_webhooks_are_limited_per_ip(make_settings, bundled_encoder) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     secret = "s3cret-for-the-generic-webhook"
     settings = make_settings(rate_limit_enabled=True, rate_limit_exempt_ips=[], rate_limit_similarity_burst=2, rate_limit_similarity_per_minute=6,
@@ -153,7 +153,7 @@ def test_similarity_and_webhooks_are_limited_per_ip(make_settings, bundled_encod
 
 @pytest.mark.slow
 def test_body_cap_batch_caps_and_request_ids(make_settings, bundled_encoder, caplog) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     caplog.set_level(logging.INFO, logger="faqbot.access")
     settings = make_settings(max_body_bytes=4096)
@@ -212,7 +212,7 @@ class SlowEncoder:
 
 @pytest.mark.slow
 def test_a_slow_call_times_out_and_a_full_queue_answers_503_at_once(make_settings, bundled_encoder) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     settings = make_settings(request_timeout_seconds=0.8, queue_size=2, max_batch=2, cache_size=0)
     encoder = SlowEncoder(bundled_encoder, delay=1.5)

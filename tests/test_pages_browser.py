@@ -49,7 +49,7 @@ def browser():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, bundled_encoder) -> Iterator[dict[str, object]]:
     """faqbot on a loopback port: base URL, settings (admin on, 转人工 link set)."""
-    from admin.server import build_app
+    from admin.web.app import build_app
     from bot.settings import Settings
 
     root = tmp_path_factory.mktemp("pages")

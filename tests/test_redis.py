@@ -85,7 +85,7 @@ def test_two_replicas_share_one_token_bucket(redis_server: RedisProcess) -> None
 
 
 def _replica(make_settings, encoder, redis_url: str, **overrides: object):
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     settings = make_settings(redis_url=redis_url, redis_retry_seconds=0.3, rate_limit_enabled=True, rate_limit_exempt_ips=[], **overrides)
     return build_app(settings, encoder=encoder)

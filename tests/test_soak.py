@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.soak import count_stored, soak
+from admin.loadtest.soak import count_stored, soak
 from bot.store import MissRecord, Store
 from tests.conftest import ROOT, serve_app
 
@@ -35,7 +35,7 @@ def test_soak_command_starts_its_own_server_and_loses_nothing(tiny_kb: Path, tmp
 
 def test_soak_against_a_running_server_and_a_lost_miss_is_reported(make_settings, bundled_encoder,
                                                                     tmp_path: Path) -> None:
-    from admin.server import build_app
+    from admin.web.app import build_app
 
     settings = make_settings(rate_limit_enabled=True, rate_limit_exempt_ips=[], rate_limit_chat_burst=5,
                              rate_limit_chat_per_minute=600)

@@ -8,15 +8,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from admin.calibrate import (
+from admin.cli.main import CliError, _add_common, _encoder, progress_bar, settings_from
+from admin.quality.calibrate import (
     CalibrationDataError,
     CalibrationFit,
     calibrate_from_kb,
     calibrate_from_pairs,
     read_pair_files,
 )
-from admin.cli import CliError, _add_common, _encoder, progress_bar, settings_from
-from admin.evaluation import (
+from admin.quality.evaluation import (
     EvalDataError,
     FaqEvalResult,
     PairEvalResult,
@@ -115,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 print_faq_result(result, _threshold_origin(settings, kb.default_threshold, args.threshold))
             summary["faq"] = result.summary()
             if args.report_dir:
-                from admin.report import write_faq_report
+                from admin.quality.report import write_faq_report
 
                 report = write_faq_report(result, args.report_dir, title=f"FAQ evaluation: {args.queries}",
                                           command=command, encoder=encoder.fingerprint)
@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     print_pair_result(name, pair_results[name])
             summary["pairs"] = {name: r.summary() for name, r in pair_results.items()}
             if args.report_dir:
-                from admin.report import write_pairs_report
+                from admin.quality.report import write_pairs_report
 
                 report = write_pairs_report(pair_results, args.report_dir, command=command, encoder=encoder.fingerprint)
                 sys.stdout.flush()

@@ -40,7 +40,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _read_texts(path: Path) -> list[str]:
-    from admin.cli import CliError
+    from admin.cli.main import CliError
 
     try:
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -49,7 +49,7 @@ def _read_texts(path: Path) -> list[str]:
 
 
 def cmd_pack_bundled(args: argparse.Namespace) -> int:
-    from admin.cli import CliError, settings_from
+    from admin.cli.main import CliError, settings_from
     from faq import load_kb
     from index.bundled_pack import PackError, cosine_agreement, pack_bundled
 

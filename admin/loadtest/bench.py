@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from admin.local_server import faqbot_server
+from admin.loadtest.local_server import faqbot_server
 
 CONCURRENCIES = (1, 16, 64)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -137,9 +137,9 @@ def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float, data
 def run_bare(encoder: str, threads: int, kb_path: Path, seconds: float, data_dir: Path) -> dict[str, object]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(
-        [sys.executable, "-m", "admin.bench", "--bare", encoder, str(threads), str(kb_path), str(seconds),
+        [sys.executable, "-m", "admin.loadtest.bench", "--bare", encoder, str(threads), str(kb_path), str(seconds),
          str(data_dir)],
-        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=600,
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=600,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"bare encoder run failed: {proc.stderr[-2000:]}")
@@ -443,7 +443,7 @@ def _machine_line(seconds: float, soak: float) -> str:
 
 # --- the command ----------------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
-    from admin.cli import CliError, settings_from
+    from admin.cli.main import CliError, settings_from
 
     settings = settings_from(args)
     threads = args.threads or settings.encoder_threads
@@ -526,7 +526,7 @@ def _printer() -> Callable[[str], None]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from admin.cli import ENCODER_HELP
+    from admin.cli.main import ENCODER_HELP
 
     p = subparsers.add_parser("bench", help="measure /chat against the bare encoder and a naive server (prints figures)")
     p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB); questions are drawn from it")

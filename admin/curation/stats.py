@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from admin.misses import MissFilter, VectorCache, cluster_misses, fetch_misses
+from admin.curation.misses import MissFilter, VectorCache, cluster_misses, fetch_misses
 from bot.errors import FaqbotError
 from bot.service import FaqService
 

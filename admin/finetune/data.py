@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from admin.evaluation import LabelledPair
-from admin.text_groups import TextGroups
+from admin.quality.evaluation import LabelledPair
+from admin.quality.text_groups import TextGroups
 from faq import KnowledgeBase
 from index.text import match_key, sanitize
 

@@ -39,7 +39,7 @@ def faqbot_server(kb: Path, data_dir: Path, env: dict[str, str], workers: int = 
         # Every bench client is 127.0.0.1: per-client rate limits would measure the limiter, not the server.
         env={**os.environ, "FAQBOT_LOG_LEVEL": "warning", "FAQBOT_RATE_LIMIT_ENABLED": "false", **env},
         stdout=log, stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -19,8 +19,8 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from admin.lint import lint_kb
-from admin.misses import (
+from admin.curation.lint import lint_kb
+from admin.curation.misses import (
     MissFilter,
     Resolution,
     VectorCache,
@@ -30,8 +30,8 @@ from admin.misses import (
     parse_when,
     resolve,
 )
-from admin.rebuild import KbWatcher, Rebuilder, golden_file, published_meta
-from admin.stats import compute_stats
+from admin.curation.rebuild import KbWatcher, Rebuilder, golden_file, published_meta
+from admin.curation.stats import compute_stats
 from bot.errors import FaqbotError
 from bot.service import FaqService
 from faq import KBError, load_kb

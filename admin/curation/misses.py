@@ -7,8 +7,8 @@ form one *cluster*, led by its most frequent variant. Clusters come most frequen
 with the FAQs the live index finds nearest to its representative, so an admin sees at a glance
 whether to attach it to one of them or write a new FAQ.
 
-Resolving writes the KB (admin.kb_edit), marks the misses, and triggers a gated rebuild
-(admin.rebuild). Resolved misses are labelled pairs (query -> FAQ) for fine-tuning.
+Resolving writes the KB (admin.curation.kb_edit), marks the misses, and triggers a gated rebuild
+(admin.curation.rebuild). Resolved misses are labelled pairs (query -> FAQ) for fine-tuning.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from admin.kb_edit import KbEdit, KbEditError, add_faq, add_paraphrases
-from admin.rebuild import LockTimeoutError, Rebuilder, RebuildOutcome, edit_lock
+from admin.curation.kb_edit import KbEdit, KbEditError, add_faq, add_paraphrases
+from admin.curation.rebuild import LockTimeoutError, Rebuilder, RebuildOutcome, edit_lock
 from bot.errors import FaqbotError
 from bot.service import FaqService
 from index.text import match_key

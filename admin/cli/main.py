@@ -166,10 +166,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["FAQBOT_WORKERS"] = str(settings.workers)  # each worker's share of the cores (encoder workers)
     if settings.workers > 1:
         del encoder, index  # each worker loads its own; the supervisor should not hold a model's memory too
-        uvicorn.run("admin.server:app_from_env", factory=True, host=settings.host, port=settings.port,
+        uvicorn.run("admin.web.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, log_level=settings.log_level, access_log=False)
     else:
-        from admin.server import build_app
+        from admin.web.app import build_app
 
         uvicorn.run(build_app(settings, encoder=encoder), host=settings.host, port=settings.port,
                     log_level=settings.log_level, access_log=False)
@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Command groups defined next to their code; each module has `register(subparsers)`.
-COMMAND_MODULES = ("admin.quality", "admin.loop", "admin.model_commands", "admin.finetune", "admin.bench", "admin.soak")
+COMMAND_MODULES = ("admin.cli.quality", "admin.cli.curation", "admin.cli.models", "admin.finetune.run",
+                   "admin.loadtest.bench", "admin.loadtest.soak")
 
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:

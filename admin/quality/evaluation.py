@@ -10,7 +10,7 @@ Two kinds of benchmark:
 The threshold sweep and the ambiguity-margin analysis are computed from the candidates the matcher
 saw (`ScoredQueries`), with the matcher's own rules (per-FAQ threshold > default, a runner-up that
 clears its threshold and is within the margin makes the answer a clarify question), so they can
-also be fed from simulations (admin/calibrate.py) and from the fine-tuning work.
+also be fed from simulations (admin.quality.calibrate) and from the fine-tuning work.
 """
 
 from __future__ import annotations

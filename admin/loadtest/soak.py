@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from admin.local_server import faqbot_server
+from admin.loadtest.local_server import faqbot_server
 from bot.settings import Settings
 
 NEW_QUESTION_TEMPLATES = (
@@ -219,7 +219,7 @@ def soak(settings: Settings, *, url: str | None, duration: float, concurrency: i
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from admin.cli import CliError, settings_from
+    from admin.cli.main import CliError, settings_from
 
     if args.duration <= 0 or args.duration > 3600:
         raise CliError("--duration: between 1 and 3600 seconds", 2)

@@ -5,7 +5,7 @@ diffs, so every write goes through ruamel.yaml's round-trip mode with the indent
 reproduces the file byte for byte. A write is atomic (temp file + rename) and is checked by
 loading the whole KB again; an edit that would break the KB is undone before anyone sees it.
 
-Callers serialise edits (admin.rebuild.FileLock on the data dir's edit lock): two admins
+Callers serialise edits (admin.curation.rebuild.FileLock on the data dir's edit lock): two admins
 attaching at once must not both read the old file.
 """
 

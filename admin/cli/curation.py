@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from admin.cli import ENCODER_HELP, CliError, progress_bar, settings_from
-from admin.lint import lint_kb
-from admin.misses import (
+from admin.cli.main import ENCODER_HELP, CliError, progress_bar, settings_from
+from admin.curation.lint import lint_kb
+from admin.curation.misses import (
     MissFilter,
     Resolution,
     VectorCache,
@@ -24,8 +24,8 @@ from admin.misses import (
     parse_when,
     resolve,
 )
-from admin.rebuild import Rebuilder, RebuildOutcome
-from admin.stats import compute_stats
+from admin.curation.rebuild import Rebuilder, RebuildOutcome
+from admin.curation.stats import compute_stats
 from bot.errors import FaqbotError
 from bot.service import FaqService, encoder_spec, ensure_index
 from faq import load_kb

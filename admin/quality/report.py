@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from admin.evaluation import FaqEvalResult, PairEvalResult
+from admin.quality.evaluation import FaqEvalResult, PairEvalResult
 
 HIST_COLOURS = {"correct": "#2e7d32", "wrong": "#c62828", "out_of_scope": "#757575"}
 HIST_LABELS = {"correct": "in scope, best match right", "wrong": "in scope, best match wrong",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from admin.evaluation import (
+from admin.quality.evaluation import (
     MARGIN_GRID,
     EvalQuery,
     LabelledPair,
@@ -44,7 +44,7 @@ from admin.evaluation import (
     recommended_margin,
     roc_auc,
 )
-from admin.text_groups import TextGroups
+from admin.quality.text_groups import TextGroups
 from faq import FAQ, KnowledgeBase
 from index.calibration import SCOPE_LOCAL, Calibration
 from index.encoders import Encoder
@@ -437,7 +437,7 @@ def calibrate_from_kb(encoder: Encoder, kb: KnowledgeBase, *, progress: Progress
 def read_pair_files(paths: Sequence[Path], *, max_pairs: int | None = None,
                     seed: int = SIMULATION_SEED) -> dict[str, list[LabelledPair]]:
     """Pair files by a readable name (`lcqmc/dev` for .../lcqmc/dev.tsv); a seeded sample if too long."""
-    from admin.evaluation import load_pairs
+    from admin.quality.evaluation import load_pairs
 
     sets: dict[str, list[LabelledPair]] = {}
     for path in paths:

@@ -14,7 +14,7 @@ def build_app(settings: Settings | None = None, *, encoder: Encoder | None = Non
     settings = settings or Settings()
     app = create_app(settings, encoder=encoder, load_before_serving=load_before_serving)
     try:
-        from admin.routes import install_admin
+        from admin.web.routes import install_admin
     except ImportError:  # admin routes not installed in this build
         return app
     install_admin(app)

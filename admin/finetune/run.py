@@ -5,7 +5,7 @@ train -> validate -> deploy) on a plain CPU server (docs/finetune.md):
 
 1. base: the bundled model exported as a sentence-transformers dir (`<data_dir>/models/bundled`,
    made on first use, no download) or any sentence-transformers model directory;
-2. data: JSONL pairs/triplets/scored pairs and TSV files (admin/finetune_data.py), `--from-kb`
+2. data: JSONL pairs/triplets/scored pairs and TSV files (admin.finetune.data), `--from-kb`
    and `--from-misses`, hard negatives mined from the FAQs the base model confuses them with;
 3. train: our own small loop around sentence-transformers' losses (MultipleNegativesRankingLoss,
    CoSENT, CosineSimilarityLoss) — no `datasets`/`accelerate` needed — with CPU-aware defaults:
@@ -40,25 +40,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from admin.calibrate import (
-    CachingEncoder,
-    CalibrationDataError,
-    calibrate_from_kb,
-    calibrate_from_pairs,
-    read_pair_files,
-)
-from admin.cli import CliError, _add_common, progress_bar, settings_from
-from admin.evaluation import (
-    EvalDataError,
-    EvalQuery,
-    FaqEvalResult,
-    LabelledPair,
-    PairEvalResult,
-    evaluate_faq,
-    evaluate_pairs,
-    load_queries,
-)
-from admin.finetune_data import (
+from admin.cli.main import CliError, _add_common, progress_bar, settings_from
+from admin.finetune.data import (
     TEXT_INTENT,
     TrainingDataError,
     TrainRow,
@@ -77,6 +60,23 @@ from admin.finetune_data import (
     rows_for_loss,
     sample_rows,
     training_texts,
+)
+from admin.quality.calibrate import (
+    CachingEncoder,
+    CalibrationDataError,
+    calibrate_from_kb,
+    calibrate_from_pairs,
+    read_pair_files,
+)
+from admin.quality.evaluation import (
+    EvalDataError,
+    EvalQuery,
+    FaqEvalResult,
+    LabelledPair,
+    PairEvalResult,
+    evaluate_faq,
+    evaluate_pairs,
+    load_queries,
 )
 from bot.service import DEPLOYED_ENCODER_FILE, build_and_publish, encoder_spec
 from bot.settings import Settings
@@ -520,7 +520,7 @@ def _slug(name: str) -> str:
 
 def plot_similarity(before: ModelFigures, after: ModelFigures, out_dir: Path) -> list[str]:
     """Per eval set, cosine distributions before | after: pairs by label, FAQ queries by outcome."""
-    from admin.report import HIST_COLOURS, HIST_LABELS, _pyplot
+    from admin.quality.report import HIST_COLOURS, HIST_LABELS, _pyplot
 
     plt = _pyplot()
     images = []
@@ -588,7 +588,7 @@ def plot_faq_map(faq_set: FaqSet, before: ModelFigures, after: ModelFigures, out
     """t-SNE of the most-asked FAQs' texts, before | after, one colour per FAQ (squares: KB texts)."""
     from sklearn.manifold import TSNE
 
-    from admin.report import _pyplot
+    from admin.quality.report import _pyplot
 
     texts, owners, is_kb = _map_points(faq_set, max_faqs)
     if len(set(owners)) < 2 or len(texts) < 6:
@@ -847,7 +847,7 @@ def heldout_name(args: argparse.Namespace) -> str:
 def heldout_faq_set(heldout: Sequence[TrainRow], name: str) -> FaqSet | None:
     """An FAQ bench simulated from the held-out pairs (as calibration simulates one): a development figure
     for choosing training parameters without looking at the test sets. Reported, not gated on."""
-    from admin.calibrate import faq_bench_from_pairs
+    from admin.quality.calibrate import faq_bench_from_pairs
 
     kb, queries = faq_bench_from_pairs(labelled_pairs(heldout), name="heldout")
     if len(kb.faqs) < 2 or not any(q.expected for q in queries):
