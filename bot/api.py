@@ -1,7 +1,8 @@
 """Public HTTP routes: /chat, /feedback, /similarity, /v1/embeddings, /healthz, /readyz, /metrics.
 
-Routes are thin: validate, call `FaqService`, shape the JSON. Blocking work (encoding, SQLite)
-runs in FastAPI's thread pool because the handlers are plain `def`.
+Routes are thin: validate, call `FaqService`, shape the JSON; errors are raised as domain errors
+and rendered by bot.errors. Blocking work (encoding, SQLite) runs in FastAPI's thread pool
+because the handlers (but /chat) are plain `def`.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.errors import FaqbotError, error_body
+from bot.errors import error_response
 from bot.matcher import Decision
 from bot.metrics import Metrics
 from bot.schemas import ChatRequest, EmbeddingsRequest, FeedbackRequest, SimilarityRequest
-from bot.service import ChatResult, FaqService, NotReadyError
+from bot.service import ChatResult, FaqService, MissLogUnavailableError
+from faq.errors import InvalidInputError
 from index.text import sanitize
 
 router = APIRouter()
 log = logging.getLogger("faqbot")
-
 
 async def get_service(request: Request) -> FaqService:
     # Async on purpose: FastAPI runs a plain-`def` dependency in its thread pool, a thread hop on
@@ -33,19 +34,13 @@ async def get_service(request: Request) -> FaqService:
 Service = Annotated[FaqService, Depends(get_service)]
 
 
-def _require_text(value: str, field: str, max_chars: int) -> str:
+def require_text(value: str, field: str, max_chars: int) -> str:
     """Reject empty (after cleaning) and over-long text with a 422 that names the field."""
     if len(value) > max_chars:
-        raise FaqbotError(422, "message_too_long", f"{field}: longer than {max_chars} characters")
+        raise InvalidInputError(f"{field}: longer than {max_chars} characters", code="message_too_long")
     if not sanitize(value):
-        raise FaqbotError(422, "empty_message", f"{field}: must contain some text")
+        raise InvalidInputError(f"{field}: must contain some text", code="empty_message")
     return value
-
-
-def _ready(service: FaqService) -> None:
-    if not service.ready:
-        raise FaqbotError(503, "not_ready", service.load_error or "the index is still loading",
-                          headers={"Retry-After": "2"})
 
 
 def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
@@ -79,24 +74,21 @@ async def chat(body: ChatRequest, service: Service, request: Request) -> dict[st
     """Answer a customer question with the best FAQ, or the fallback (logged as a miss) below the threshold."""
     # Async: the request waits for the encoder worker (micro-batched with other questions) and, on a
     # miss, for the batched commit of the miss log, without holding a thread (docs/performance.md).
-    _require_text(body.message, "message", service.settings.max_message_chars)
-    _ready(service)
+    require_text(body.message, "message", service.settings.max_message_chars)
+    service.require_ready()
     metrics: Metrics = request.app.state.metrics
     miss_logged = True
     try:
-        try:
-            result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
-                                         tags=body.tags, top_k=body.top_k)
-        except (SQLAlchemyError, OSError) as exc:
-            # The database refused the turn (locked past its busy timeout, down, disk full): the
-            # customer still gets the answer, and the response says the miss was not recorded.
-            log.error("chat: the miss log refused this turn (%s); answering without logging it", exc)
-            metrics.miss_log_failures.inc()
-            miss_logged = False
-            result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
-                                         tags=body.tags, top_k=body.top_k, log_turn=False)
-    except NotReadyError as exc:
-        raise FaqbotError(503, "not_ready", str(exc), headers={"Retry-After": "2"}) from exc
+        result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
+                                     tags=body.tags, top_k=body.top_k)
+    except (SQLAlchemyError, OSError) as exc:
+        # The database refused the turn (locked past its busy timeout, down, disk full): the
+        # customer still gets the answer, and the response says the miss was not recorded.
+        log.error("chat: the miss log refused this turn (%s); answering without logging it", exc)
+        metrics.miss_log_failures.inc()
+        miss_logged = False
+        result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
+                                     tags=body.tags, top_k=body.top_k, log_turn=False)
     metrics.answers.labels("matched" if result.decision.matched else result.decision.reason, body.channel).inc()
     response = chat_response(result, service)
     if not miss_logged and not result.decision.matched:
@@ -108,11 +100,11 @@ async def chat(body: ChatRequest, service: Service, request: Request) -> dict[st
 @router.post("/feedback", tags=["chat"])
 def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
     """Record 👍/👎 for an answer; a 👎 puts the question in the miss log for review."""
-    _require_text(body.message, "message", service.settings.max_message_chars)
+    require_text(body.message, "message", service.settings.max_message_chars)
     clean = sanitize(body.message, service.settings.max_message_chars)
     miss_id = None
     if not body.helpful:
-        _ready(service)
+        service.require_ready()
         decision = service.decide(clean)
         record = service.miss_record(clean, decision, body.channel, body.session_id, service.index.version,
                                      reason="feedback")
@@ -125,8 +117,7 @@ def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
                                                  helpful=body.helpful, miss_id=miss_id)
     except (SQLAlchemyError, OSError) as exc:
         log.error("feedback: the database refused it: %s", exc)
-        raise FaqbotError(503, "log_unavailable", "the feedback could not be recorded right now; try again",
-                          headers={"Retry-After": "5"}) from exc
+        raise MissLogUnavailableError("the feedback could not be recorded right now; try again") from exc
     return {"status": "success", "feedback_id": feedback_id, "miss_id": miss_id}
 
 
@@ -135,7 +126,7 @@ def similarity(body: SimilarityRequest, service: Service) -> dict[str, Any]:
     """Semantic similarity of two sentences (raw cosine and calibrated percent), or of a batch of pairs."""
     limit = service.settings.max_message_chars
     if body.pairs is not None:
-        pairs = [(_require_text(a, f"pairs[{i}][0]", limit), _require_text(b, f"pairs[{i}][1]", limit))
+        pairs = [(require_text(a, f"pairs[{i}][0]", limit), require_text(b, f"pairs[{i}][1]", limit))
                  for i, (a, b) in enumerate(body.pairs)]
         scores = service.similarity(pairs)
         return {"status": "success", "results": [
@@ -143,9 +134,9 @@ def similarity(body: SimilarityRequest, service: Service) -> dict[str, Any]:
             for (a, b), (cos, pct) in zip(pairs, scores, strict=True)
         ]}
     if body.sentence_a is None or body.sentence_b is None:
-        raise FaqbotError(422, "invalid_request", "give `sentence_a` and `sentence_b`, or `pairs`")
-    a = _require_text(body.sentence_a, "sentence_a", limit)
-    b = _require_text(body.sentence_b, "sentence_b", limit)
+        raise InvalidInputError("give `sentence_a` and `sentence_b`, or `pairs`")
+    a = require_text(body.sentence_a, "sentence_a", limit)
+    b = require_text(body.sentence_b, "sentence_b", limit)
     ((cos, pct),) = service.similarity([(a, b)])
     return {"sentence_a": a, "sentence_b": b, "similarity": round(cos, 4), "percent": pct, "status": "success"}
 
@@ -155,11 +146,11 @@ def embeddings(body: EmbeddingsRequest, service: Service) -> dict[str, Any]:
     """OpenAI-compatible embeddings of the configured encoder (L2-normalised)."""
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
-        raise FaqbotError(422, "invalid_request", "input: give at least one text")
+        raise InvalidInputError("input: give at least one text")
     if len(texts) > 256:
-        raise FaqbotError(422, "batch_too_large", "input: at most 256 texts per request")
+        raise InvalidInputError("input: at most 256 texts per request", code="batch_too_large")
     limit = service.settings.max_message_chars
-    texts = [_require_text(t, f"input[{i}]", limit) for i, t in enumerate(texts)]
+    texts = [require_text(t, f"input[{i}]", limit) for i, t in enumerate(texts)]
     encoder = service.encoder
     clean = [sanitize(t) for t in texts]
     vectors = encoder.encode_queries(clean) if body.input_type == "query" else encoder.encode_passages(clean)
@@ -182,8 +173,7 @@ def healthz() -> dict[str, str]:
 def readyz(service: Service, request: Request) -> Response:
     """200 once the index is loaded (with its version), 503 before or if loading failed."""
     if not service.ready:
-        return JSONResponse(error_body("not_ready", service.load_error or "the index is still loading"),
-                            status_code=503, headers={"Retry-After": "2"})
+        return error_response(service.not_ready())
     index = service.index
     shared = getattr(request.app.state, "shared_state", None)
     return JSONResponse({"status": "ready", "index_version": index.version, "faqs": index.meta.n_faqs,

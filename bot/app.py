@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bot.api import router as api_router
 from bot.channels import drain_outbound, install_channels
-from bot.errors import FaqbotError, install_error_handlers
+from bot.errors import install_error_handlers
 from bot.limits import Limits, ProtectionMiddleware
 from bot.logging_setup import configure_logging
 from bot.metrics import Metrics
@@ -120,7 +120,3 @@ def _start_and_watch(service: FaqService, stop: threading.Event, metrics: Metric
             metrics.index_loads_failed.inc()
             log.error("could not load the published index: %s", exc)
 
-
-def not_ready(service: FaqService) -> FaqbotError:
-    message = service.load_error or "the index is still loading"
-    return FaqbotError(503, "not_ready", message, headers={"Retry-After": "2"})

@@ -29,19 +29,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.errors import FaqbotError
 from bot.matcher import Decision, Matcher
+from faq.errors import UnavailableError
 
 log = logging.getLogger("faqbot")
 
 EncodeFn = Callable[[list[str]], np.ndarray]
 
 
-class OverloadedError(FaqbotError):
-    """The encoder queue is full (or the worker is stopped): answer 503 at once, never queue unboundedly."""
+class OverloadedError(UnavailableError):
+    """The encoder queue is full (or the worker is stopped): refuse at once (retry in 1 s), never queue unboundedly."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(503, "overloaded", message, headers={"Retry-After": "1"})
+    code = "overloaded"
+    retry_after = 1.0
 
 
 @dataclass(frozen=True)

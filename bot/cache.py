@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -71,6 +72,28 @@ class EmbeddingCache:
             self._vectors.move_to_end(key)
             while len(self._vectors) > self.capacity:
                 self._vectors.popitem(last=False)
+
+    def remember(self, keys: Sequence[str], texts: Sequence[str], encode: Callable[[list[str]], np.ndarray],
+                 dim: int) -> np.ndarray:
+        """The vectors of `texts` kept under `keys`: those not kept yet are encoded (each key once, in one
+        call to `encode`) and kept. [len(texts), dim] float32."""
+        found: dict[str, np.ndarray] = {}
+        missing: dict[str, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            if key in found or key in missing:
+                continue
+            vector = self.get(key)
+            if vector is None:
+                missing[key] = text
+            else:
+                found[key] = vector
+        if missing:
+            for key, vector in zip(missing, encode(list(missing.values())), strict=True):
+                self.put(key, vector)
+                found[key] = vector
+        if not found:
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
 
     def clear(self) -> None:
         with self._lock:

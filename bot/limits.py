@@ -36,11 +36,18 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import error_body
+from bot.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    RequestTimeoutError,
+    error_bytes,
+)
 from bot.logging_setup import request_id_from, request_id_var
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.shared_state import BucketSpec, SharedState
+from faq.errors import FaqbotError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -128,10 +135,6 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
-class _BodyTooLargeError(Exception):
-    """A streamed body grew past the cap."""
-
-
 class ProtectionMiddleware:
     """See the module docstring."""
 
@@ -174,21 +177,22 @@ class ProtectionMiddleware:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
             state["route"] = self._label(path, family)
-            await self._refuse(send, 413, "payload_too_large", f"request body over {limits.max_body_bytes} bytes")
+            await self._refuse(send, PayloadTooLargeError(f"request body over {limits.max_body_bytes} bytes"))
             return
         has_body = method in ("POST", "PUT", "PATCH") and (length is None or length != "0")
         body: bytes | None = None
         if has_body:
             try:
                 body = await self._read_body(receive, limits.max_body_bytes)
-            except _BodyTooLargeError:
+            except PayloadTooLargeError as too_large:
                 state["route"] = self._label(path, family)
-                await self._refuse(send, 413, "payload_too_large", f"request body over {limits.max_body_bytes} bytes")
+                await self._refuse(send, too_large)
                 return
             receive = _replay(body, receive)
             if body.lstrip()[:1] in (b"{", b"[") and json_depth(body) > MAX_JSON_DEPTH:
                 state["route"] = self._label(path, family)
-                await self._refuse(send, 400, "json_too_deep", f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+                await self._refuse(send, BadRequestError(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels",
+                                                         code="json_too_deep"))
                 return
         if family is not None and limits.enabled:
             wait = self._take_tokens(scope, family, body)
@@ -196,8 +200,8 @@ class ProtectionMiddleware:
                 state["route"] = self._label(path, family)
                 self.metrics.rate_limited.labels(family).inc()
                 retry_after = max(1, math.ceil(wait))
-                await self._refuse(send, 429, "rate_limited", f"too many requests; retry in {retry_after} s",
-                                   headers=[(b"retry-after", str(retry_after).encode())])
+                await self._refuse(send, RateLimitedError(f"too many requests; retry in {retry_after} s",
+                                                          retry_after=retry_after))
                 return
         try:
             if family is not None:
@@ -207,7 +211,7 @@ class ProtectionMiddleware:
         except Exception:  # the app let an error escape: one JSON 500, logged with the request id
             log.exception("unhandled error on %s %s", method, path)
             if state["status"] is None:
-                await self._refuse(send, 500, "internal_error", "internal error; it has been logged")
+                await self._refuse(send, FaqbotError("unhandled error"))  # no HTTP kind: the 500 body
 
     def _take_tokens(self, scope: Scope, family: str, body: bytes | None) -> float:
         client = scope.get("client")
@@ -249,9 +253,7 @@ class ProtectionMiddleware:
         task.cancel()
         task.add_done_callback(_consume_result)
         self.metrics.timeouts.labels(family).inc()
-        await self._refuse(send, 503, "timeout",
-                           f"no answer within {self.limits.timeout_seconds:g} s; try again",
-                           headers=[(b"retry-after", b"1")])
+        await self._refuse(send, RequestTimeoutError(f"no answer within {self.limits.timeout_seconds:g} s; try again"))
 
     @staticmethod
     async def _read_body(receive: Receive, cap: int) -> bytes:
@@ -264,19 +266,17 @@ class ProtectionMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > cap:
-                raise _BodyTooLargeError
+                raise PayloadTooLargeError(f"request body over {cap} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
 
     @staticmethod
-    async def _refuse(send: Send, status: int, code: str, message: str,
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        body = json.dumps(error_body(code, message), ensure_ascii=False).encode("utf-8")
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *(headers or [])]})
+    async def _refuse(send: Send, error: FaqbotError) -> None:
+        """Answer with `error` before the app runs (bot.errors decides its status, headers and body)."""
+        status, headers, body = error_bytes(error)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

@@ -38,10 +38,6 @@ def request_id_from(header_value: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def current_request_id() -> str | None:
-    return request_id_var.get()
-
-
 class RequestIdFilter(logging.Filter):
     """Put the current request id on every record (None outside a request)."""
 

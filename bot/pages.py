@@ -20,9 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from bot.errors import FaqbotError
 from bot.service import FaqService
 from bot.settings import Settings
+from faq.errors import NotFoundError
 
 # Our own pages load nothing from elsewhere; styles are allowed inline because the widget builds its
 # <style> inside a shadow root at run time (no data is ever put into markup: everything is textContent).
@@ -60,7 +60,7 @@ def mount_pages(app: FastAPI, static_dir: Path) -> None:
     def admin_page(request: Request) -> FileResponse:
         settings: Settings = request.app.state.settings
         if settings.admin_token is None:  # same rule as the admin API: no token, no admin surface
-            raise FaqbotError(404, "not_found", "the admin page is off: set FAQBOT_ADMIN_TOKEN to enable it")
+            raise NotFoundError("the admin page is off: set FAQBOT_ADMIN_TOKEN to enable it")
         return page("admin.html")
 
     @app.api_route("/widget.js", methods=["GET", "HEAD"], include_in_schema=False)

@@ -26,7 +26,9 @@ from bot.misswriter import ChatRow, MissWriter
 from bot.settings import Settings
 from bot.store import MissRecord, Store
 from faq import KnowledgeBase, load_kb
+from faq.errors import UnavailableError
 from index.calibration import Calibration
+from index.datadir import DataDir
 from index.encoders import Encoder, EncoderError, EncoderSpec, load_encoder, runs_in_parallel
 from index.faq_index import (
     FaqIndex,
@@ -49,14 +51,12 @@ log = logging.getLogger("faqbot")
 RESULT_TIMEOUT_SECONDS = 60.0
 
 
-# `faqbot finetune --deploy` records the model it switched to in <data_dir>/models/active.json
-# (docs/finetune.md). It replaces only the defaults `auto`/`bundled`: an explicit other FAQBOT_ENCODER wins.
-DEPLOYED_ENCODER_FILE = Path("models") / "active.json"
-
-
 def deployed_encoder(data_dir: Path) -> str | None:
-    """The encoder spec `faqbot finetune --deploy` recorded in the data dir, if any."""
-    path = Path(data_dir) / DEPLOYED_ENCODER_FILE
+    """The encoder spec `faqbot finetune --deploy` recorded in the data dir (`models/active.json`), if any.
+
+    It replaces only the defaults `auto`/`bundled`: an explicit other FAQBOT_ENCODER wins (docs/finetune.md).
+    """
+    path = DataDir(data_dir).deployed_record
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))["encoder"]
     except FileNotFoundError:
@@ -79,7 +79,7 @@ def encoder_spec(settings: Settings) -> EncoderSpec:
         passage_prompt=settings.passage_prompt,
         max_seq_length=settings.max_seq_length,
         threads=settings.encoder_threads,
-        models_dir=str(Path(settings.data_dir) / "models"),
+        models_dir=str(DataDir(settings.data_dir).models),
     )
 
 
@@ -107,11 +107,11 @@ def ensure_index(settings: Settings, encoder: Encoder, *,
             raise
         log.info("building the index: %s", problem)
     progress = progress_factory(len(kb.texts())) if progress_factory else None
-    previous = _previous_calibration(settings, encoder)
+    previous = previous_calibration(settings, encoder)
     return build_and_publish(settings, encoder, kb=kb, calibration=previous, progress=progress)
 
 
-def _previous_calibration(settings: Settings, encoder: Encoder) -> Calibration | None:
+def previous_calibration(settings: Settings, encoder: Encoder) -> Calibration | None:
     """Keep a calibration fitted by `faqbot calibrate` across KB rebuilds with the same encoder."""
     try:
         old = load_index(settings.data_dir)
@@ -131,8 +131,19 @@ class ChatResult:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-class NotReadyError(Exception):
+class NotReadyError(UnavailableError):
     """The index is not loaded yet (start-up build in progress, or it failed)."""
+
+    code = "not_ready"
+    retry_after = 2.0
+
+
+class MissLogUnavailableError(UnavailableError):
+    """The database refused to record something that must be recorded (feedback)."""
+
+    code = "log_unavailable"
+    retry_after = 5.0
+
 
 
 class FaqService:
@@ -211,18 +222,27 @@ class FaqService:
     @property
     def index(self) -> FaqIndex:
         if self._index is None:
-            raise NotReadyError(self.load_error or "the index is still loading")
+            raise self.not_ready()
         return self._index
 
     @property
     def matcher(self) -> Matcher:
         if self._matcher is None:
-            raise NotReadyError(self.load_error or "the index is still loading")
+            raise self.not_ready()
         return self._matcher
 
     @property
     def ready(self) -> bool:
         return self._index is not None
+
+    def not_ready(self) -> NotReadyError:
+        """Why there is no answer yet: the start-up error, or that the index is still loading."""
+        return NotReadyError(self.load_error or "the index is still loading")
+
+    def require_ready(self) -> None:
+        """NotReadyError (503, Retry-After 2 over HTTP) until the index is loaded."""
+        if not self.ready:
+            raise self.not_ready()
 
     # --- the hot path: encoder worker, cache, miss writer -----------------------------------------
     def start_pipeline(self, metrics: Metrics | None = None) -> None:

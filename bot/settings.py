@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.datadir import DataDir
+
 SAMPLE_KB = Path(__file__).resolve().parent.parent / "faq" / "sample"
 
 
@@ -195,4 +197,4 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'faqbot.db'}"
+        return self.database_url or DataDir(self.data_dir).database_url

@@ -340,11 +340,11 @@ def shared_event_log(base: Any, shared: SharedState) -> Any:
     """Webhook event ids in Redis (falling back to `base`, the database EventLog, when Redis cannot answer)."""
     from starlette.concurrency import run_in_threadpool
 
-    from bot.channels.events import Claim, EventLog, _key
+    from bot.channels.events import Claim, EventLog, event_key
 
     class SharedEventLog(EventLog):
         async def claim(self, platform: str, event_id: str) -> Claim:
-            return await run_in_threadpool(self._claim_shared, platform, _key(event_id), event_id)
+            return await run_in_threadpool(self._claim_shared, platform, event_key(event_id), event_id)
 
         def _claim_shared(self, platform: str, key: str, event_id: str) -> Claim:
             claimed = shared.claim_event(platform, key, self.ttl_seconds)
@@ -360,11 +360,11 @@ def shared_event_log(base: Any, shared: SharedState) -> Any:
             return claimed
 
         async def remember_reply(self, platform: str, event_id: str, reply: str) -> None:
-            if not await run_in_threadpool(shared.set_event_reply, platform, _key(event_id), reply):
+            if not await run_in_threadpool(shared.set_event_reply, platform, event_key(event_id), reply):
                 await super().remember_reply(platform, event_id, reply)
 
         async def release(self, platform: str, event_id: str) -> None:
-            if not await run_in_threadpool(shared.release_event, platform, _key(event_id)):
+            if not await run_in_threadpool(shared.release_event, platform, event_key(event_id)):
                 await super().release(platform, event_id)
 
     return SharedEventLog(base.store, base.ttl_seconds)

@@ -264,16 +264,6 @@ class Store:
         with self.engine.connect() as conn:
             return [_miss_dict(r) for r in conn.execute(query).mappings()]
 
-    def set_miss_status(self, miss_ids: Sequence[int], *, status: str, action: str, faq_id: str | None) -> int:
-        miss_ids = [i for i in miss_ids if _storable_id(i)]
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(misses).where(misses.c.id.in_(list(miss_ids))).values(
-                    status=status, resolved_action=action, resolved_faq_id=faq_id, resolved_at=utcnow()
-                )
-            )
-            return int(result.rowcount or 0)
-
     def count_misses(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(misses)).scalar_one())

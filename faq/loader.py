@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from faq.errors import InvalidInputError
 from faq.schema import FAQ, ID_PATTERN, KnowledgeBase
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -43,21 +44,30 @@ class KBProblem:
         return {"file": self.file, "line": self.line, "field": self.field, "message": self.message}
 
 
-class KBError(Exception):
-    """A KB that cannot be used; carries every problem found, not just the first."""
+class KBError(InvalidInputError):
+    """A KB that cannot be used; carries every problem found, not just the first.
 
-    def __init__(self, problems: list[KBProblem]) -> None:
+    `message` is the one-line summary, `details` every problem as a dict, and `str()` the summary
+    with the first 50 problems, one `file:line: field: message` a line (what a log or /readyz shows).
+    """
+
+    code = "invalid_kb"
+
+    def __init__(self, problems: list[KBProblem], *, subject: str = "the knowledge base") -> None:
+        super().__init__(f"{len(problems)} problem(s) in {subject}", details=[p.as_dict() for p in problems])
         self.problems = problems
-        lines = "\n".join(str(p) for p in problems[:50])
-        more = f"\n… and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{len(problems)} problem(s) in the knowledge base:\n{lines}{more}")
+
+    def __str__(self) -> str:
+        lines = "\n".join(str(p) for p in self.problems[:50])
+        more = f"\n… and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        return f"{self.message}:\n{lines}{more}"
 
 
 def kb_files(path: Path) -> list[Path]:
     """The YAML files of a KB: the file itself, or every *.yaml/*.yml under a directory (golden tests excluded)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-        return [p for p in files if p.stem != "tests"]
+        return [p for p in files if p.stem != "tests"]  # the golden questions (faq.golden) are no KB
     return [path]
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from faq.errors import FaqbotError
 from index.bundled_export import PROMPTS, Q4_BLOCK, QK, BundledFile, progress_over, read_bundled, tensor_layout
 
 ALIGN = 32  # tensor data offsets, as in the shipped file (the engine's SIMD loads are unaligned-safe anyway)
@@ -32,8 +33,10 @@ _SCALE_DIVISORS = (-8.0, -7.5, -7.0, -6.5, 7.0, 6.5)  # peak / divisor: candidat
 _CHUNK_BLOCKS = 1 << 18
 
 
-class PackError(ValueError):
+class PackError(FaqbotError, ValueError):
     """The model cannot be served by the bundled engine (the message says which part differs)."""
+
+    code = "not_packable"
 
 
 def best_scales(x: np.ndarray, reference_scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

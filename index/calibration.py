@@ -21,13 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from faq.errors import FaqbotError
+
 CALIBRATION_DIR = Path(__file__).with_name("calibrations")
 SCOPE_SHIPPED = "shipped"
 SCOPE_LOCAL = "local"
 
 
-class CalibrationError(ValueError):
+class CalibrationError(FaqbotError, ValueError):
     """Knots or numbers that cannot describe a monotone, bounded percent map."""
+
+    code = "invalid_calibration"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ libraries, and the package ships a calibration for exactly those bytes. If the e
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -26,10 +25,11 @@ import time
 from collections import deque
 from pathlib import Path
 
+from index.datadir import bundled_export_dir, export_lock
+from index.filelock import FileLock
+
 log = logging.getLogger("faqbot.encoder")
 
-EXPORT_DIR = "bundled"  # under the models dir; also the base `faqbot finetune --base bundled` trains from
-LOCK_NAME = ".bundled-export.lock"
 EXPORT_TIMEOUT_S = 900.0  # the export takes 35-45 s on 2 cores
 
 
@@ -37,7 +37,7 @@ def int8_path(models_dir: Path) -> Path:
     """Where the auto-exported ONNX int8 model lives (its existence means the export finished)."""
     from index.onnx_export import onnx_paths
 
-    return onnx_paths(Path(models_dir) / EXPORT_DIR)[1]
+    return onnx_paths(bundled_export_dir(models_dir))[1]
 
 
 def ensure_int8_export(models_dir: Path) -> Path:
@@ -47,14 +47,13 @@ def ensure_int8_export(models_dir: Path) -> Path:
         return target
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    with (models_dir / LOCK_NAME).open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # other workers wait here and then find the file
+    with FileLock(export_lock(models_dir)).hold():  # other workers wait here and then find the file
         if target.is_file():
             return target
         log.warning("first start: exporting the bundled model to ONNX int8 in %s "
                     "(one time, under a minute and 3 GB of RAM, no download)", target.parent.parent)
         started = time.perf_counter()
-        tail = _run_export_child(models_dir / EXPORT_DIR)
+        tail = _run_export_child(bundled_export_dir(models_dir))
         if not target.is_file():
             raise RuntimeError(f"the ONNX export failed: {tail or 'no message'}")
         log.warning("exported %s in %.0f s", target, time.perf_counter() - started)

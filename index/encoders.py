@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from faq.errors import FaqbotError
 from index.text import sanitize
 
 log = logging.getLogger("faqbot.encoder")
@@ -26,8 +27,10 @@ log = logging.getLogger("faqbot.encoder")
 PrefixSide = Literal["query", "passage"]
 
 
-class EncoderError(Exception):
+class EncoderError(FaqbotError):
     """An encoder that cannot be built or run (bad spec, missing model files)."""
+
+    code = "encoder_unavailable"
 
 
 class Encoder(Protocol):

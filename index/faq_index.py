@@ -1,6 +1,6 @@
 """The FAISS index of a KB: build, publish atomically, load, search.
 
-Layout under `<data_dir>/index/`:
+Layout under `<data_dir>/index/` (index.datadir names the paths):
   versions/<version>/vectors.faiss  IndexFlatIP over every question and paraphrase
   versions/<version>/meta.json      encoder fingerprint, KB hash, counts, calibration, the FAQs
   CURRENT                           the live version's name, replaced atomically (os.replace)
@@ -21,24 +21,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from faq import FAQ, KnowledgeBase
+from faq.errors import FaqbotError
 from index.calibration import Calibration, default_calibration
+from index.datadir import DataDir
 from index.encoders import Encoder, encode_in_chunks
 
 FORMAT_VERSION = 1
 KEEP_VERSIONS = 3
 
 
-class IndexUnavailableError(Exception):
+class IndexUnavailableError(FaqbotError):
     """An index that cannot be used: missing, half-written, or built by another encoder."""
+
+    code = "index_unavailable"
 
 
 class StaleIndexError(IndexUnavailableError):
     """The live index was built from another KB or encoder than the one configured."""
+
+    code = "stale_index"
 
 
 @dataclass(frozen=True)
@@ -224,14 +231,11 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def index_root(data_dir: Path) -> Path:
-    return Path(data_dir) / "index"
-
-
 def publish_index(index: FaqIndex, data_dir: Path) -> Path:
     """Write `index` as a new version and make it live atomically; prune old versions."""
-    root = index_root(data_dir)
-    versions = root / "versions"
+    layout = DataDir(data_dir)
+    root = layout.index
+    versions = layout.index_versions
     versions.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=versions))
     try:
@@ -250,7 +254,7 @@ def publish_index(index: FaqIndex, data_dir: Path) -> Path:
         raise
     pointer_tmp = root / f".CURRENT.{os.getpid()}.tmp"
     _write_file(pointer_tmp, index.version.encode())
-    os.replace(pointer_tmp, root / "CURRENT")
+    os.replace(pointer_tmp, layout.current_pointer)
     _fsync_dir(root)
     _prune(versions, keep=index.version)
     return final
@@ -270,17 +274,29 @@ def _prune(versions: Path, keep: str) -> None:
 def live_version(data_dir: Path) -> str | None:
     """The published version name, or None if nothing was ever published."""
     try:
-        return (index_root(data_dir) / "CURRENT").read_text().strip() or None
+        return DataDir(data_dir).current_pointer.read_text().strip() or None
     except FileNotFoundError:
+        return None
+
+
+def published_meta(data_dir: Path) -> dict[str, Any] | None:
+    """The live version's meta.json (without loading vectors), or None."""
+    version = live_version(data_dir)
+    if not version:
+        return None
+    try:
+        return json.loads((DataDir(data_dir).index_version(version) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
 
 
 def load_index(data_dir: Path, version: str | None = None) -> FaqIndex:
     """Load the live (or a given) version; IndexUnavailableError if missing or incomplete."""
+    layout = DataDir(data_dir)
     version = version or live_version(data_dir)
     if not version:
-        raise IndexUnavailableError(f"no index in {index_root(data_dir)}: run `faqbot build` first")
-    folder = index_root(data_dir) / "versions" / version
+        raise IndexUnavailableError(f"no index in {layout.index}: run `faqbot build` first")
+    folder = layout.index_version(version)
     try:
         payload = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         vectors = faiss.deserialize_index(np.fromfile(folder / "vectors.faiss", dtype=np.uint8))

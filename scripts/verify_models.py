@@ -552,29 +552,9 @@ def check_speed(
 # --------------------------------------------------------------------------- LCQMC AUC
 
 
-def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int]) -> float:
-    """Mann-Whitney ROC-AUC (ties count half)."""
-    import numpy as np
-
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    pos = y == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def check_lcqmc(model_dir: Path, path: Path, threads: int = 2, backends: Sequence[str] = LCQMC_BACKENDS) -> dict:
     """Pair ROC-AUC ("query: " on both sides) for each backend on a s1<TAB>s2<TAB>label file."""
+    from admin.quality.evaluation import roc_auc  # the one ROC-AUC (`faqbot eval` reads pairs with it)
     pairs = []
     for line in path.read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")

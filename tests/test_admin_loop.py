@@ -25,11 +25,14 @@ from admin.curation.misses import (
     resolve,
     training_pairs,
 )
-from admin.curation.rebuild import FileLock, KbWatcher, Rebuilder, load_golden, rebuild_lock
+from admin.curation.rebuild import KbWatcher, Rebuilder, rebuild_lock
 from admin.curation.stats import compute_stats
-from bot.errors import FaqbotError
+from bot.errors import http_status
 from bot.service import FaqService, ensure_index
 from faq import KBError, load_kb
+from faq.errors import FaqbotError
+from faq.golden import load_golden
+from index.filelock import FileLock
 from tests.conftest import TINY_GOLDEN, TINY_KB
 
 GOLDEN = TINY_GOLDEN
@@ -115,7 +118,7 @@ def test_resolve_attach_new_ignore_and_training_pairs(service, kb_dir):
 
     with pytest.raises(FaqbotError) as again:
         resolve(service, rebuilder, shipping_ids[0], Resolution("attach", faq_id="shipping_time"))
-    assert again.value.status == 409 and again.value.code == "already_resolved"
+    assert http_status(again.value) == 409 and again.value.code == "already_resolved"
 
     created = resolve(service, rebuilder, hours_ids[0],
                       Resolution("new", faq_id="service_hours", answer="周末 9:00–18:00 有人工客服。",
@@ -132,10 +135,10 @@ def test_resolve_attach_new_ignore_and_training_pairs(service, kb_dir):
 
     with pytest.raises(FaqbotError) as unknown:
         resolve(service, rebuilder, 99999, Resolution("ignore"))
-    assert unknown.value.status == 404
+    assert http_status(unknown.value) == 404
     with pytest.raises(FaqbotError) as no_faq:
         resolve(service, rebuilder, weather_ids[0], Resolution("attach", faq_id="no_such_faq"))
-    assert no_faq.value.status == 404 and service.store.get_miss(weather_ids[0])["status"] == "open"
+    assert http_status(no_faq.value) == 404 and service.store.get_miss(weather_ids[0])["status"] == "open"
 
     pairs = training_pairs(service)
     # One pair per distinct wording; a new FAQ's own question is not a pair with itself.

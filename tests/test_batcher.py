@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from bot.batcher import MicroBatcher, OverloadedError, SearchSpec
+from bot.errors import http_headers, http_status
 from bot.matcher import Matcher
 from bot.service import FaqService
 from faq import load_kb
@@ -113,7 +114,7 @@ def test_full_queue_answers_overloaded_at_once_and_recovers() -> None:
         with pytest.raises(OverloadedError) as refused:
             batcher.submit(["满了"])
         assert time.perf_counter() - started < 0.05
-        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+        assert http_status(refused.value) == 503 and http_headers(refused.value) == {"Retry-After": "1"}
         assert batcher.queue_depth == 3
         encoder.gate.set()
         assert first.result(10).vectors.shape == (1, encoder.dim)

@@ -142,7 +142,7 @@ def test_pairs_calibration_on_hand_made_pairs(bundled_encoder):
 
 
 def test_calibrate_stores_into_the_live_index_and_survives_rebuilds(make_settings, bundled_encoder, capsys):
-    from bot.service import _previous_calibration, build_and_publish
+    from bot.service import build_and_publish, previous_calibration
 
     settings = make_settings()
     first = build_and_publish(settings, bundled_encoder)
@@ -154,11 +154,11 @@ def test_calibrate_stores_into_the_live_index_and_survives_rebuilds(make_setting
     assert live.calibration.is_local and live.calibration.source.startswith("kb:")
     assert live.meta.n_vectors == first.meta.n_vectors
     # a KB rebuild keeps the locally fitted calibration ...
-    kept = _previous_calibration(settings, bundled_encoder)
+    kept = previous_calibration(settings, bundled_encoder)
     assert kept == live.calibration
     # ... but never an old shipped/uncalibrated one, which is re-read from the package instead
     publish_index(with_calibration(live, Calibration()), settings.data_dir)
-    assert _previous_calibration(settings, bundled_encoder) is None
+    assert previous_calibration(settings, bundled_encoder) is None
 
 
 def test_in_memory_index_reads_scores_with_the_given_calibration(tiny_kb, bundled_encoder):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from admin.cli.main import settings_markdown
+from admin.cli.core import settings_markdown
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")

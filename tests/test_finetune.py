@@ -153,11 +153,11 @@ def test_out_of_range_options_stop_before_training(tiny_st_model: Path, tiny_kb:
 def test_scale_reaches_the_loss_and_the_provenance(tiny_st_model: Path, tiny_kb: Path, tmp_path: Path, loss: str) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from admin.finetune.run import TrainConfig, _loss
+    from admin.finetune.training import TrainConfig, loss_function
 
     model = SentenceTransformer(str(tiny_st_model), device="cpu")
-    assert _loss(model, TrainConfig(loss=loss, scale=50.0)).scale == 50.0
-    assert _loss(model, TrainConfig(loss=loss)).scale == 20.0  # sentence-transformers' default stays ours
+    assert loss_function(model, TrainConfig(loss=loss, scale=50.0)).scale == 50.0
+    assert loss_function(model, TrainConfig(loss=loss)).scale == 20.0  # sentence-transformers' default stays ours
     out = tmp_path / "tuned"
     assert main(_args(tiny_st_model, tiny_kb, tmp_path, "--train", str(_jsonl(tmp_path / "t.jsonl", PAIRS)),
                       "--loss", "mnrl", "--max-steps", "1", "--scale", "50", "--out", str(out))) == 0
@@ -242,12 +242,12 @@ def test_deploy_switches_the_encoder_rebuilds_the_index_and_undeploy_goes_back(
 
 
 def test_ctrl_c_leaves_a_usable_checkpoint(tiny_st_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from admin.finetune import run as finetune
+    from admin.finetune import training as finetune
 
     config = finetune.TrainConfig(loss="mnrl", epochs=5, batch_size=4, threads=1, learning_rate=1e-3)
     model, query_prompt, kb_prompt = finetune.prepare_model(tiny_st_model, config, "query")
     rows = [TrainRow(p["query"], p["positive"], positive=True, group=str(i)) for i, p in enumerate(PAIRS)]
-    real_loss = finetune._loss(model, config)
+    real_loss = finetune.loss_function(model, config)
     calls = {"n": 0}
 
     def interrupting_loss(features: list, labels: object) -> object:
@@ -256,7 +256,7 @@ def test_ctrl_c_leaves_a_usable_checkpoint(tiny_st_model: Path, tmp_path: Path, 
             raise KeyboardInterrupt
         return real_loss(features, labels)
 
-    monkeypatch.setattr(finetune, "_loss", lambda model, config: interrupting_loss)
+    monkeypatch.setattr(finetune, "loss_function", lambda model, config: interrupting_loss)
     with pytest.raises(finetune.TrainingInterruptedError) as caught:
         finetune.train(model, tiny_st_model, rows, tmp_path / "out", config, query_prompt, kb_prompt,
                        show_progress=False)

@@ -6,12 +6,12 @@ is in tests/test_finetune.py (slow).
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from admin.cli.main import CliError
+from admin.errors import UsageError
 from admin.finetune.data import (
     TrainingDataError,
     TrainRow,
@@ -21,7 +21,7 @@ from admin.finetune.data import (
     labelled_pairs,
     training_texts,
 )
-from admin.finetune.run import calibration_sets, holdout_fraction
+from admin.finetune.run import Validation, calibration_sets, eval_sets, holdout_fraction
 from admin.quality.evaluation import LabelledPair
 from index.text import match_key
 
@@ -71,14 +71,14 @@ def test_labelled_pairs_and_the_default_fraction() -> None:
     assert [p.label for p in labelled_pairs(graded)] == [1.0, 0.0]  # the uncertain middle is left out
     assert has_labelled_pairs(rows) and not has_labelled_pairs([TrainRow("a", "b", positive=True)])
 
-    args = argparse.Namespace(holdout=None, calibrate_pairs=None)
+    args = Validation()
     assert holdout_fraction(args, rows, validating=True) == 0.2
     assert holdout_fraction(args, rows, validating=False) == 0.0  # nothing would read the held-out part
     assert holdout_fraction(args, [TrainRow("a", "b", positive=True)], validating=True) == 0.0  # no 0/1 pairs
-    assert holdout_fraction(argparse.Namespace(holdout=None, calibrate_pairs=[Path("x.tsv")]), rows, True) == 0.0
-    assert holdout_fraction(argparse.Namespace(holdout=0.3, calibrate_pairs=[Path("x.tsv")]), rows, True) == 0.3
-    with pytest.raises(CliError, match="--holdout keeps pairs"):
-        holdout_fraction(argparse.Namespace(holdout=0.3, calibrate_pairs=None), rows, validating=False)
+    assert holdout_fraction(Validation(calibrate_pairs=(Path("x.tsv"),)), rows, True) == 0.0
+    assert holdout_fraction(Validation(holdout=0.3, calibrate_pairs=(Path("x.tsv"),)), rows, True) == 0.3
+    with pytest.raises(UsageError, match="--holdout keeps pairs"):
+        holdout_fraction(Validation(holdout=0.3), rows, validating=False)
 
 
 def _tsv(path: Path, pairs: list[tuple[str, str, int]]) -> Path:
@@ -95,8 +95,7 @@ def test_calibrate_pairs_that_overlap_the_training_data_are_dropped_with_a_warni
         ("额度多少", "额度怎么提高", 0),  # shares 额度多少: dropped
         ("开发票", "能开票吗", 1), ("开发票", "退货", 0),
     ])
-    args = argparse.Namespace(calibrate_pairs=[mixed], calibrate_max_pairs=2000)
-    sets = calibration_sets(args, train, [], "unused")
+    sets = calibration_sets(Validation(calibrate_pairs=(mixed,)), train, [], "unused")
     assert sets is not None and sets.threshold_sets is None  # no held-out part: the threshold reads every file
     assert sets.sets == {"bank/dev": [LabelledPair("开发票", "能开票吗", 1.0), LabelledPair("开发票", "退货", 0.0)]}
     err = capsys.readouterr().err
@@ -104,13 +103,12 @@ def test_calibrate_pairs_that_overlap_the_training_data_are_dropped_with_a_warni
 
     # a calibration file that IS the training data leaves nothing: a clear error, not a silent KB fallback
     same = _tsv(tmp_path / "bank" / "train.tsv", [("怎么还款", "如何还款", 1), ("怎么还款", "额度多少", 0)])
-    with pytest.raises(CliError, match=r"every pair shares a text with the training data.*--holdout"):
-        calibration_sets(argparse.Namespace(calibrate_pairs=[same], calibrate_max_pairs=2000), train, [], "unused")
+    with pytest.raises(UsageError, match=r"every pair shares a text with the training data.*--holdout"):
+        calibration_sets(Validation(calibrate_pairs=(same,)), train, [], "unused")
 
     # the held-out part is used as it is, next to the (cleaned) files
     heldout = [TrainRow("开户", "怎么开户", score=1.0), TrainRow("开户", "销户", score=0.0)]
-    sets = calibration_sets(argparse.Namespace(calibrate_pairs=[same, mixed], calibrate_max_pairs=2000), train,
-                            heldout, "bank/train held out")
+    sets = calibration_sets(Validation(calibrate_pairs=(same, mixed)), train, heldout, "bank/train held out")
     assert sets is not None and list(sets.sets) == ["bank/train held out", "bank/dev"]
     assert sets.sets["bank/train held out"] == [LabelledPair("开户", "怎么开户", 1.0), LabelledPair("开户", "销户", 0.0)]
     # the percent map reads both; the threshold only the team's own held-out pairs
@@ -118,8 +116,7 @@ def test_calibrate_pairs_that_overlap_the_training_data_are_dropped_with_a_warni
 
     # held-out pairs of one label cannot place a threshold: it reads every set then
     positives_only = [TrainRow("开户", "怎么开户", score=1.0)]
-    sets = calibration_sets(argparse.Namespace(calibrate_pairs=[mixed], calibrate_max_pairs=2000), train,
-                            positives_only, "held out")
+    sets = calibration_sets(Validation(calibrate_pairs=(mixed,)), train, positives_only, "held out")
     assert sets is not None and sets.threshold_sets is None
 
 
@@ -132,8 +129,6 @@ def test_drop_seen_compares_normalised_texts() -> None:
 def test_gate_on_names_the_sets_that_gate_and_the_others_are_watched(tmp_path: Path) -> None:
     import json
 
-    from admin.finetune.run import _eval_sets
-
     kbs = []
     for name in ("bank", "general"):
         folder = tmp_path / name
@@ -143,11 +138,10 @@ def test_gate_on_names_the_sets_that_gate_and_the_others_are_watched(tmp_path: P
         (folder / "q.jsonl").write_text(json.dumps({"query": "如何还款", "expected": "a"}, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
         kbs.append(folder)
-    args = argparse.Namespace(eval_kb=[str(k / "kb.yaml") for k in kbs], eval_queries=[str(k / "q.jsonl") for k in kbs],
-                              eval_pairs=None, eval_max_pairs=None, gate_on=None)
-    assert [(s.name, s.role) for s in _eval_sets(args)[0]] == [("bank", "gate"), ("general", "gate")]
-    args.gate_on = ["bank"]
-    assert [(s.name, s.role) for s in _eval_sets(args)[0]] == [("bank", "gate"), ("general", "watch")]
-    args.gate_on = ["bq"]
-    with pytest.raises(CliError, match=r"--gate-on bq: not an --eval-kb set \(they are: bank, general\)"):
-        _eval_sets(args)
+    args = Validation(eval_kbs=tuple(k / "kb.yaml" for k in kbs), eval_queries=tuple(k / "q.jsonl" for k in kbs))
+    assert [(s.name, s.role) for s in eval_sets(args)[0]] == [("bank", "gate"), ("general", "gate")]
+    args = replace(args, gate_on=("bank",))
+    assert [(s.name, s.role) for s in eval_sets(args)[0]] == [("bank", "gate"), ("general", "watch")]
+    args = replace(args, gate_on=("bq",))
+    with pytest.raises(UsageError, match=r"--gate-on bq: not an --eval-kb set \(they are: bank, general\)"):
+        eval_sets(args)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from admin.curation.kb_edit import KbEditError, add_faq, add_paraphrases
+from bot.errors import http_status
 from faq import load_kb
 from faq.loader import kb_files
 
@@ -98,11 +99,11 @@ def test_texts_already_there_are_skipped_and_other_faqs_texts_refused(sample_kb:
     assert invoices.read_bytes() == before
     with pytest.raises(KbEditError) as refused:
         add_paraphrases(sample_kb, "invoice", ["能开专票吗"])  # a paraphrase of invoice_vat_special
-    assert refused.value.status == 409 and "invoice_vat_special" in refused.value.message
+    assert http_status(refused.value) == 409 and "invoice_vat_special" in refused.value.message
     assert invoices.read_bytes() == before
     with pytest.raises(KbEditError) as missing:
         add_paraphrases(sample_kb, "no_such_faq", ["随便问问"])
-    assert missing.value.status == 404
+    assert http_status(missing.value) == 404
 
 
 def test_new_faq_goes_to_the_named_file_in_its_style(sample_kb: Path):
@@ -148,7 +149,7 @@ def test_bad_new_faq_requests_change_nothing(sample_kb: Path, kwargs: dict, stat
     args = {"faq_id": "fresh_id", "question": "一个新问题", "answer": "一个答案", **kwargs}
     with pytest.raises(KbEditError) as refused:
         add_faq(sample_kb, args.pop("faq_id"), args.pop("question"), args.pop("answer"), **args)
-    assert (refused.value.status, refused.value.code) == (status, code)
+    assert (http_status(refused.value), refused.value.code) == (status, code)
     assert {p: p.read_bytes() for p in sample_kb.rglob("*")} == snapshot
 
 
@@ -158,4 +159,4 @@ def test_edit_of_a_broken_kb_is_refused_with_its_problems(tmp_path: Path):
     with pytest.raises(KbEditError) as refused:
         add_paraphrases(kb, "a", ["说法"])
     assert refused.value.code == "invalid_kb"
-    assert refused.value.problems[0]["field"].endswith("answer") and refused.value.problems[0]["line"] == 3
+    assert refused.value.details[0]["field"].endswith("answer") and refused.value.details[0]["line"] == 3

@@ -1,42 +1,33 @@
 """`faqbot misses list|export|resolve`, `faqbot reload`, `faqbot lint`, `faqbot stats`: the improvement loop
-from a terminal. Same functions as the admin API, run in-process on the data dir; a running server
-picks up a reload through the published index version (CURRENT) within seconds.
+from a terminal. Same functions as the admin API (admin.curation), run in-process on the data dir; a
+running server picks up a reload through the published index version (CURRENT) within seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from admin.cli.main import ENCODER_HELP, CliError, progress_bar, settings_from
+from admin.cli.common import add_common, open_service, print_json, settings_from
 from admin.curation.lint import lint_kb
-from admin.curation.misses import (
-    MissFilter,
-    Resolution,
-    VectorCache,
-    cluster_misses,
-    export,
-    fetch_misses,
-    parse_when,
-    resolve,
-)
+from admin.curation.misses import MissFilter, Resolution, VectorCache, cluster_misses, export, fetch_misses, resolve
 from admin.curation.rebuild import Rebuilder, RebuildOutcome
 from admin.curation.stats import compute_stats
-from bot.errors import FaqbotError
-from bot.service import FaqService, encoder_spec, ensure_index
+from admin.errors import CommandError
+from bot.service import FaqService
 from faq import load_kb
-from index.encoders import load_encoder
-from index.faq_index import IndexUnavailableError, StaleIndexError
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB)")
-    p.add_argument("--data-dir", dest="data_dir", type=Path, help="runtime data directory (FAQBOT_DATA_DIR)")
-    p.add_argument("--encoder", help=ENCODER_HELP)
+def _service(args: argparse.Namespace) -> FaqService:
+    """A service on the published index, as the server's workers serve it (built first only if there is
+    none for this encoder), so a broken KB on disk does not stop reviewing misses or reporting it."""
+    return open_service(settings_from(args), published_first=True)
+
+
+def _filters(args: argparse.Namespace) -> MissFilter:
+    return MissFilter.parse(args.status, args.channel, args.since, args.until)
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -44,28 +35,6 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", help="only this channel (web, wecom, …)")
     p.add_argument("--since", help="from this day (YYYY-MM-DD) or ISO time")
     p.add_argument("--until", help="up to and including this day, or before this ISO time")
-
-
-def _filters(args: argparse.Namespace) -> MissFilter:
-    return MissFilter(status=None if args.status == "all" else args.status, channel=args.channel,
-                      since=parse_when(args.since), until=parse_when(args.until, end=True))
-
-
-def _service(args: argparse.Namespace) -> FaqService:
-    """A service on the published index, as the server's workers serve it (built first only if there is
-    none for this encoder), so a broken KB on disk does not stop reviewing misses or reporting it."""
-    settings = settings_from(args)
-    encoder = load_encoder(encoder_spec(settings))
-    service = FaqService(settings, encoder=encoder)
-    with contextlib.suppress(IndexUnavailableError, StaleIndexError):
-        if service.refresh_if_published():
-            return service
-    service.use_index(ensure_index(settings, encoder, progress_factory=progress_bar("encoding the KB")))
-    return service
-
-
-def _print_json(data: object) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 def _candidates(cluster: dict[str, Any]) -> str:
@@ -77,7 +46,7 @@ def cmd_misses_list(args: argparse.Namespace) -> int:
     result = cluster_misses(service, fetch_misses(service, _filters(args)), threshold=args.threshold)
     clusters = result["clusters"][: args.limit]
     if args.json:
-        _print_json({**result, "clusters": clusters})
+        print_json({**result, "clusters": clusters})
         return 0
     print(f"{result['total_misses']} miss(es) in {result['total_clusters']} cluster(s) "
           f"(cluster cosine >= {result['threshold']}, index {result['index_version']})")
@@ -124,7 +93,7 @@ def cmd_misses_resolve(args: argparse.Namespace) -> int:
     elif args.new:
         action, faq_id = "new", args.new
         if not args.answer:
-            raise CliError("--new needs --answer TEXT")
+            raise CommandError("--new needs --answer TEXT")
     elif args.reopen:
         action, faq_id = "reopen", None
     else:
@@ -135,7 +104,7 @@ def cmd_misses_resolve(args: argparse.Namespace) -> int:
         clusters = cluster_misses(service, fetch_misses(service, MissFilter(status=None)))["clusters"]
         cluster = next((c for c in clusters if first in c["miss_ids"]), None)
         if cluster is None:
-            raise CliError(f"no miss with id {first}")
+            raise CommandError(f"no miss with id {first}")
         extra += [i for i in cluster["miss_ids"] if i != first and i not in extra]
     rebuilder = Rebuilder(service)
     resolution = Resolution(action=action, faq_id=faq_id, answer=args.answer, question=args.question, file=args.file,
@@ -144,7 +113,7 @@ def cmd_misses_resolve(args: argparse.Namespace) -> int:
                             force=args.force)
     result = resolve(service, rebuilder, first, resolution)
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     print(f"{action}: {len(result['miss_ids'])} miss(es) marked {'open' if action == 'reopen' else action}")
     edit = result.get("edit")
@@ -163,7 +132,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     service = _service(args)
     outcome: RebuildOutcome = Rebuilder(service).rebuild(force=args.force, reason="cli")
     if args.json:
-        _print_json(outcome.as_dict())
+        print_json(outcome.as_dict())
     else:
         _print_outcome(outcome.as_dict())
     return 0 if outcome.ok else 1
@@ -176,7 +145,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     report = lint_kb(kb, service.encoder, answer_threshold=service.matcher.default_threshold,
                      min_similarity=args.min_similarity, calibration=service.calibration, live=service.index)
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         counts = report["counts"]
         print(f"{report['faqs']} FAQs, {report['texts']} texts: {counts['duplicates']} duplicate(s), "
@@ -206,7 +175,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     service = _service(args)
     data = compute_stats(service, days=args.days, tz=args.tz, top=args.top, cache=VectorCache())
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     totals = data["totals"]
     rate = f"{totals['answer_rate'] * 100:.1f}%" if totals["answer_rate"] is not None else "-"
@@ -230,46 +199,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _faqbot_errors(func: Any) -> Any:
-    """FaqbotError (the API's error type) becomes the CLI's one-line error with a non-zero exit."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except FaqbotError as exc:
-            details = exc.details if isinstance(exc.details, list) else []
-            for p in details:
-                if isinstance(p, dict) and {"file", "line", "field", "message"} <= p.keys():
-                    print(f"{p['file']}:{p['line']}: {p['field']}: {p['message']}", file=sys.stderr)
-            raise CliError(f"{exc.code}: {exc.message}") from exc
-
-    return run
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     misses = sub.add_parser("misses", help="review unanswered questions: list, export, resolve")
     msub = misses.add_subparsers(dest="misses_command", metavar="ACTION", required=True)
 
     p = msub.add_parser("list", help="misses grouped into clusters, most frequent first")
-    _add_common(p)
+    add_common(p)
     _add_filters(p)
     p.add_argument("--limit", type=int, default=30, help="clusters to show (default 30)")
     p.add_argument("--threshold", type=float, help="cluster cosine (default: the answer threshold)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_faqbot_errors(cmd_misses_list))
+    p.set_defaults(func=cmd_misses_list)
 
     p = msub.add_parser("export", help="write misses as CSV or JSONL (clusters, --raw rows, or --training pairs)")
-    _add_common(p)
+    add_common(p)
     _add_filters(p)
     p.add_argument("--format", choices=("csv", "jsonl"), help="csv (default) or jsonl (default for --training)")
     p.add_argument("--raw", action="store_true", help="one row per miss instead of per cluster")
     p.add_argument("--training", action="store_true",
                    help="resolved misses as fine-tuning pairs {query, positive, faq_id}")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
-    p.set_defaults(func=_faqbot_errors(cmd_misses_export))
+    p.set_defaults(func=cmd_misses_export)
 
     p = msub.add_parser("resolve", help="attach misses to an FAQ, make a new FAQ, ignore or reopen them")
-    _add_common(p)
+    add_common(p)
     p.add_argument("miss_ids", type=int, nargs="+", metavar="MISS_ID")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--attach", metavar="FAQ_ID", help="add the questions as paraphrases of this FAQ")
@@ -285,27 +238,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reload", dest="no_reload", action="store_true", help="edit the KB but do not rebuild")
     p.add_argument("--force", action="store_true", help="publish even if golden accuracy drops")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_faqbot_errors(cmd_misses_resolve))
+    p.set_defaults(func=cmd_misses_resolve)
 
     p = sub.add_parser("reload", help="rebuild the index from the KB behind the golden-question gate and publish it")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--force", action="store_true", help="publish even if golden accuracy drops")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_faqbot_errors(cmd_reload))
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("lint", help="find duplicate, confusable and misplaced questions in the KB")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--min-similarity", dest="min_similarity", type=float,
                    help="cosine from which two FAQs count as confusable (default: see docs/admin.md)")
     p.add_argument("--limit", type=int, default=20, help="findings of each kind to print (default 20)")
     p.add_argument("--strict", action="store_true", help="exit 1 on any finding (default: only on duplicates across FAQs)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_faqbot_errors(cmd_lint))
+    p.set_defaults(func=cmd_lint)
 
     p = sub.add_parser("stats", help="questions per day, answer rate, top FAQs and misses, thumbs-down")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--days", type=int, default=14)
     p.add_argument("--tz", default="UTC", help="IANA time zone for days, e.g. Asia/Shanghai (default UTC)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_faqbot_errors(cmd_stats))
+    p.set_defaults(func=cmd_stats)

@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from admin.cli.common import settings_from
+from admin.errors import CommandError
+from faq import load_kb
+
 
 def cmd_export_bundled(args: argparse.Namespace) -> int:
     from index.bundled_export import export_bundled
@@ -28,9 +32,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
-        print(f"faqbot: error: {model_dir} is not a model directory (no config.json); "
-              "run `faqbot model export-bundled --out DIR` first", file=sys.stderr)
-        return 1
+        raise CommandError(f"{model_dir} is not a model directory (no config.json); "
+                           "run `faqbot model export-bundled --out DIR` first")
     started = time.perf_counter()
     written = export_onnx(model_dir, int8=args.int8)
     for path in written:
@@ -40,27 +43,20 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _read_texts(path: Path) -> list[str]:
-    from admin.cli.main import CliError
-
     try:
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"--calibration-texts {path}: {exc}") from exc
+        raise CommandError(f"--calibration-texts {path}: {exc}") from exc
 
 
 def cmd_pack_bundled(args: argparse.Namespace) -> int:
-    from admin.cli.main import CliError, settings_from
-    from faq import load_kb
-    from index.bundled_pack import PackError, cosine_agreement, pack_bundled
+    from index.bundled_pack import cosine_agreement, pack_bundled
 
     kb_texts = [text for _faq_id, text in load_kb(settings_from(args).kb).texts()]
     calibration = _read_texts(Path(args.calibration_texts)) if args.calibration_texts else kb_texts
     calibration = [] if args.round_to_nearest else calibration[: args.max_calibration_texts]
     started = time.perf_counter()
-    try:
-        out = pack_bundled(Path(args.model), Path(args.out), calibration, threads=args.threads, progress=True)
-    except PackError as exc:
-        raise CliError(str(exc)) from exc
+    out = pack_bundled(Path(args.model), Path(args.out), calibration, threads=args.threads, progress=True)
     how = f"GPTQ on {len(calibration)} texts" if calibration else "rounded to nearest"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.0f} MB, {how}) in {time.perf_counter() - started:.1f}s")
     if not args.no_check:

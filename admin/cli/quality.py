@@ -4,45 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
-from admin.cli.main import CliError, _add_common, _encoder, progress_bar, settings_from
-from admin.quality.calibrate import (
-    CalibrationDataError,
-    CalibrationFit,
-    calibrate_from_kb,
-    calibrate_from_pairs,
-    read_pair_files,
-)
-from admin.quality.evaluation import (
-    EvalDataError,
-    FaqEvalResult,
-    PairEvalResult,
-    evaluate_faq,
-    evaluate_pairs,
-    load_queries,
-)
+from admin.cli.common import add_common, command_line, configured_encoder, settings_from
+from admin.errors import CommandError, UsageError
+from admin.quality.calibrate import CalibrationFit, calibrate_from_kb, calibrate_from_pairs, read_pair_files
+from admin.quality.evaluation import FaqEvalResult, PairEvalResult, evaluate_faq, evaluate_pairs, load_queries
+from admin.quality.report import fmt_number
+from bot.service import build_and_publish, previous_calibration
 from bot.settings import Settings
 from faq import load_kb
 from index.calibration import Calibration, default_calibration, write_shipped_calibration
+from index.datadir import DataDir
 from index.encoders import Encoder
-
-
-def _command_line() -> str:
-    return "faqbot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+from index.faq_index import IndexUnavailableError, load_index, publish_index, with_calibration
+from index.progress import progress_bar
 
 
 def configured_calibration(settings: Settings, encoder: Encoder) -> Calibration:
     """What a fresh `faqbot build` would read scores with: a locally fitted calibration, else the shipped one."""
-    from bot.service import _previous_calibration
-
-    return _previous_calibration(settings, encoder) or default_calibration(encoder.fingerprint)
-
-
-def _f(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or value != value else f"{value:.{digits}f}"
+    return previous_calibration(settings, encoder) or default_calibration(encoder.fingerprint)
 
 
 def print_faq_result(result: FaqEvalResult, threshold_origin: str) -> None:
@@ -51,21 +33,21 @@ def print_faq_result(result: FaqEvalResult, threshold_origin: str) -> None:
     print(f"queries: {result.n_queries} ({result.n_in_scope} in scope, {result.n_out_of_scope} out of scope)")
     if result.unknown_expected:
         print(f"warning: {len(result.unknown_expected)} expected id(s) not in the KB, e.g. {', '.join(result.unknown_expected[:5])}")
-    print(f"in scope:        top-1 {_f(result.top1)}   MRR@10 {_f(result.mrr10)}   recall@5 {_f(result.recall5)}")
+    print(f"in scope:        top-1 {fmt_number(result.top1)}   MRR@10 {fmt_number(result.mrr10)}   recall@5 {fmt_number(result.recall5)}")
     print(f"threshold:       {result.threshold:.4f} (= {pct(result.threshold)}%, {threshold_origin})   "
           f"margin {result.margin:.4f}")
-    print(f"at threshold:    in scope answered right {_f(at.in_scope_answered_right)}   "
-          f"out-of-scope rejected {_f(result.oos_rejection)}   overall accuracy {_f(result.overall_accuracy)}")
-    print(f"                 precision {_f(at.precision)}   answer rate {_f(at.answer_rate)}   "
+    print(f"at threshold:    in scope answered right {fmt_number(at.in_scope_answered_right)}   "
+          f"out-of-scope rejected {fmt_number(result.oos_rejection)}   overall accuracy {fmt_number(result.overall_accuracy)}")
+    print(f"                 precision {fmt_number(at.precision)}   answer rate {fmt_number(at.answer_rate)}   "
           f"clarify questions {int(at.clarified.sum())}")
-    print(f"sweep:           max overall accuracy {_f(sweep.best_accuracy)} at threshold {sweep.best_threshold:.4f} "
+    print(f"sweep:           max overall accuracy {fmt_number(sweep.best_accuracy)} at threshold {sweep.best_threshold:.4f} "
           f"(= {pct(sweep.best_threshold)}%)")
     if sweep.precision_threshold is None:
         print(f"                 {sweep.precision_target:.0%} precision is not reached at any threshold")
     else:
         print(f"                 {sweep.precision_target:.0%} precision from threshold {sweep.precision_threshold:.4f} "
-              f"(= {pct(sweep.precision_threshold)}%): accuracy {_f(sweep.precision_threshold_accuracy)}, "
-              f"answer rate {_f(sweep.precision_threshold_answer_rate)}")
+              f"(= {pct(sweep.precision_threshold)}%): accuracy {fmt_number(sweep.precision_threshold_accuracy)}, "
+              f"answer rate {fmt_number(sweep.precision_threshold_answer_rate)}")
     print(f"ambiguity margin at threshold {result.threshold:.4f} (vs no margin):")
     print("  margin  clarify  wrong-prevented  right-delayed  right-offered  accuracy")
     for row in result.margins:
@@ -76,12 +58,12 @@ def print_faq_result(result: FaqEvalResult, threshold_origin: str) -> None:
 
 def print_pair_result(name: str, result: PairEvalResult) -> None:
     if result.kind == "graded":
-        print(f"{name}: {result.n_pairs} graded pairs   Spearman {_f(result.spearman * 100, 1)}   "
-              f"median percent: score>=4 {_f(result.median_percent_positive, 1)}, score<=1 {_f(result.median_percent_negative, 1)}")
+        print(f"{name}: {result.n_pairs} graded pairs   Spearman {fmt_number(result.spearman * 100, 1)}   "
+              f"median percent: score>=4 {fmt_number(result.median_percent_positive, 1)}, score<=1 {fmt_number(result.median_percent_negative, 1)}")
     else:
-        print(f"{name}: {result.n_pairs} pairs   ROC-AUC {_f(result.roc_auc)}   best-threshold accuracy "
-              f"{_f(result.best_accuracy)} at {_f(result.best_threshold, 4)}   median percent: paraphrase "
-              f"{_f(result.median_percent_positive, 1)}, unrelated {_f(result.median_percent_negative, 1)}")
+        print(f"{name}: {result.n_pairs} pairs   ROC-AUC {fmt_number(result.roc_auc)}   best-threshold accuracy "
+              f"{fmt_number(result.best_accuracy)} at {fmt_number(result.best_threshold, 4)}   median percent: paraphrase "
+              f"{fmt_number(result.median_percent_positive, 1)}, unrelated {fmt_number(result.median_percent_negative, 1)}")
 
 
 def _threshold_origin(settings: Settings, kb_default: float | None, override: float | None) -> str:
@@ -96,12 +78,12 @@ def _threshold_origin(settings: Settings, kb_default: float | None, override: fl
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if not args.queries and not args.pairs:
-        raise CliError("give --queries FILE.jsonl (with --kb) for an FAQ benchmark, or --pairs FILE.tsv", 2)
+        raise UsageError("give --queries FILE.jsonl (with --kb) for an FAQ benchmark, or --pairs FILE.tsv")
     settings = settings_from(args)
-    encoder = _encoder(settings)
+    encoder = configured_encoder(settings)
     calibration = configured_calibration(settings, encoder)
     summary: dict[str, object] = {"encoder": encoder.fingerprint, "calibration": calibration.source}
-    command = _command_line()
+    command = command_line()
     try:
         if args.queries:
             kb = load_kb(settings.kb)
@@ -136,8 +118,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 report = write_pairs_report(pair_results, args.report_dir, command=command, encoder=encoder.fingerprint)
                 sys.stdout.flush()
                 print(f"report: {report}", file=sys.stderr)
-    except (EvalDataError, OSError) as exc:
-        raise CliError(str(exc)) from exc
+    except OSError as exc:  # a file that cannot be read (the data errors say their line themselves)
+        raise CommandError(str(exc)) from exc
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
@@ -159,12 +141,9 @@ def print_fit(fit: CalibrationFit) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from bot.service import build_and_publish
-    from index.faq_index import IndexUnavailableError, load_index, publish_index, with_calibration
-
     settings = settings_from(args)
-    encoder = _encoder(settings)
-    command = _command_line()
+    encoder = configured_encoder(settings)
+    command = command_line()
     try:
         if args.pairs:
             pair_sets = read_pair_files(args.pairs, max_pairs=args.max_pairs)
@@ -176,8 +155,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             kb = load_kb(settings.kb)
             fit = calibrate_from_kb(encoder, kb, command=command,
                                     progress=progress_bar("encoding the KB")(2 * len(kb.texts())))
-    except (EvalDataError, CalibrationDataError, OSError) as exc:
-        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(str(exc)) from exc
     print_fit(fit)
     if args.dry_run:
         print("dry run: nothing stored")
@@ -195,13 +174,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         index = build_and_publish(settings, encoder, calibration=fit.calibration,
                                   progress=progress_bar("encoding the KB")(len(load_kb(settings.kb).texts())))
-    print(f"stored in index {index.version} ({Path(settings.data_dir).resolve() / 'index'}); running servers pick it up")
+    print(f"stored in index {index.version} ({DataDir(settings.data_dir).index.resolve()}); running servers pick it up")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="measure the matcher on an FAQ benchmark and/or encoders on sentence pairs")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--queries", type=Path, help="JSONL of {\"query\", \"expected\": FAQ id or null}, or a golden tests.yaml (FAQ benchmark on --kb)")
     p.add_argument("--pairs", type=Path, nargs="+", help="TSV file(s) s1<TAB>s2<TAB>label (0/1, or a 0-5 score)")
     p.add_argument("--report-dir", dest="report_dir", type=Path, help="write a Markdown report with PNG plots here")
@@ -212,7 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("calibrate", help="fit the percent map, default threshold and margin for the encoder")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--pairs", type=Path, nargs="+",
                    help="labelled 0/1 pair TSV file(s), one per domain (default: calibrate from the KB alone)")
     p.add_argument("--threshold-pairs", dest="threshold_pairs", type=Path, nargs="+",

@@ -5,7 +5,7 @@ diffs, so every write goes through ruamel.yaml's round-trip mode with the indent
 reproduces the file byte for byte. A write is atomic (temp file + rename) and is checked by
 loading the whole KB again; an edit that would break the KB is undone before anyone sees it.
 
-Callers serialise edits (admin.curation.rebuild.FileLock on the data dir's edit lock): two admins
+Callers serialise edits (index.filelock.FileLock on the data dir's KB edit lock): two admins
 attaching at once must not both read the old file.
 """
 
@@ -28,6 +28,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 from ruamel.yaml.tokens import CommentToken
 
 from faq import FAQ, KBError, KnowledgeBase, load_kb
+from faq.errors import ConflictError, FaqbotError, InvalidInputError, NotFoundError
 from faq.schema import ID_PATTERN
 from index.text import match_key, sanitize
 
@@ -39,15 +40,23 @@ _SPACES = re.compile(r"\s+")
 INDENT_STYLES = ((2, 4, 2), (2, 2, 0), (4, 4, 2), (4, 6, 4), (4, 4, 0), (2, 4, 0), (4, 2, 0))
 
 
-class KbEditError(Exception):
-    """An edit that cannot be made, with an HTTP-ish status, a stable code and (for a broken KB) its problems."""
+class KbEditError(FaqbotError):
+    """An edit that cannot be made: a stable code, a message and (for a broken KB) its problems as details."""
 
-    def __init__(self, status: int, code: str, message: str, problems: Sequence[dict[str, object]] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.problems = list(problems)
+    def __init__(self, code: str, message: str, problems: Sequence[dict[str, object]] = ()) -> None:
+        super().__init__(message, code=code, details=list(problems) or None)
+
+
+class EditRefusedError(KbEditError, InvalidInputError):
+    """The edit itself is unusable: an empty or huge text, a bad id or file, a KB that is already broken."""
+
+
+class EditConflictError(KbEditError, ConflictError):
+    """The KB already says otherwise: the text is another FAQ's, the id exists, the file changed meanwhile."""
+
+
+class FaqNotFoundError(KbEditError, NotFoundError):
+    """No FAQ with that id to attach to."""
 
 
 @dataclass(frozen=True)
@@ -107,14 +116,14 @@ def _load_document(path: Path) -> _Document:
     try:
         original = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise KbEditError(422, "kb_unreadable", f"{path}: cannot read: {exc}") from exc
+        raise EditRefusedError("kb_unreadable", f"{path}: cannot read: {exc}") from exc
     first: tuple[YAML, Any] | None = None
     for style in INDENT_STYLES:
         yaml = _make_yaml(*style)
         try:
             data = yaml.load(original)
         except YAMLError as exc:
-            raise KbEditError(422, "invalid_kb", f"{path}: YAML error: {exc}") from exc
+            raise EditRefusedError("invalid_kb", f"{path}: YAML error: {exc}") from exc
         if first is None:
             first = (yaml, data)
         out = io.StringIO()
@@ -145,7 +154,7 @@ def _load_kb_or_raise(kb_path: Path) -> KnowledgeBase:
     try:
         return load_kb(kb_path)
     except KBError as exc:
-        raise KbEditError(422, "invalid_kb", f"the knowledge base has {len(exc.problems)} problem(s); fix them first",
+        raise EditRefusedError("invalid_kb", f"the knowledge base has {len(exc.problems)} problem(s); fix them first",
                           [p.as_dict() for p in exc.problems]) from exc
 
 
@@ -159,7 +168,7 @@ def _commit(doc: _Document, kb_path: Path, new_text: str) -> KnowledgeBase:
             _write_atomic(doc.path, doc.original)
         else:
             doc.path.unlink(missing_ok=True)
-        raise KbEditError(422, "invalid_edit", "the edit would break the knowledge base; nothing was changed",
+        raise EditRefusedError("invalid_edit", "the edit would break the knowledge base; nothing was changed",
                           [p.as_dict() for p in exc.problems]) from exc
 
 
@@ -167,13 +176,13 @@ def clean_text(text: str, field_name: str) -> str:
     """Tidy one question/paraphrase for the file: the admin's own characters (full-width ？ stays),
     minus control/unencodable code points and runs of whitespace; refuse empty or huge ones."""
     if not isinstance(text, str) or not sanitize(text):
-        raise KbEditError(422, "empty_text", f"{field_name}: must contain some text")
+        raise EditRefusedError("empty_text", f"{field_name}: must contain some text")
     kept = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _DROP_CATEGORIES)
     cleaned = _SPACES.sub(" ", kept).strip().encode("utf-8", "ignore").decode("utf-8")
     if not cleaned:
-        raise KbEditError(422, "empty_text", f"{field_name}: must contain some text")
+        raise EditRefusedError("empty_text", f"{field_name}: must contain some text")
     if len(cleaned) > MAX_TEXT_CHARS:
-        raise KbEditError(422, "text_too_long", f"{field_name}: longer than {MAX_TEXT_CHARS} characters")
+        raise EditRefusedError("text_too_long", f"{field_name}: longer than {MAX_TEXT_CHARS} characters")
     return cleaned
 
 
@@ -202,7 +211,7 @@ def _split_new_texts(kb: KnowledgeBase, faq_id: str | None, texts: Sequence[str]
         elif owner.id == faq_id:
             skipped.append(text)
         else:
-            raise KbEditError(409, "text_in_other_faq",
+            raise EditConflictError("text_in_other_faq",
                               f"“{text}” is already a question of FAQ {owner.id!r} ({owner.source}:{owner.line}); "
                               "attaching it to another FAQ would make the two indistinguishable")
     return added, skipped
@@ -211,7 +220,7 @@ def _split_new_texts(kb: KnowledgeBase, faq_id: str | None, texts: Sequence[str]
 def _faq_nodes(doc: _Document) -> CommentedSeq:
     faqs = doc.data.get("faqs") if isinstance(doc.data, CommentedMap) else None
     if not isinstance(faqs, CommentedSeq):
-        raise KbEditError(422, "invalid_kb", f"{doc.path}: no `faqs:` list to edit")
+        raise EditRefusedError("invalid_kb", f"{doc.path}: no `faqs:` list to edit")
     return faqs
 
 
@@ -295,11 +304,11 @@ def add_paraphrases(kb_path: Path, faq_id: str, texts: Sequence[str]) -> KbEdit:
     kb_path = Path(kb_path)
     cleaned = [clean_text(t, f"paraphrases[{i}]") for i, t in enumerate(texts)]
     if not cleaned:
-        raise KbEditError(422, "empty_text", "give at least one paraphrase")
+        raise EditRefusedError("empty_text", "give at least one paraphrase")
     kb = _load_kb_or_raise(kb_path)
     faq = kb.by_id().get(faq_id)
     if faq is None or faq.source is None:
-        raise KbEditError(404, "faq_not_found", f"no FAQ with id {faq_id!r} in {kb_path}")
+        raise FaqNotFoundError("faq_not_found", f"no FAQ with id {faq_id!r} in {kb_path}")
     added, skipped = _split_new_texts(kb, faq_id, cleaned)
     if not added:
         return KbEdit(faq.source, faq_id, faq.line, created=False, skipped=tuple(skipped), kb_hash=kb.content_hash)
@@ -307,7 +316,7 @@ def add_paraphrases(kb_path: Path, faq_id: str, texts: Sequence[str]) -> KbEdit:
     entry = next((node for node in _faq_nodes(doc) if isinstance(node, CommentedMap) and node.get("id") == faq_id),
                  None)
     if entry is None:
-        raise KbEditError(409, "kb_changed", f"FAQ {faq_id!r} is no longer in {faq.source}; reload and retry")
+        raise EditConflictError("kb_changed", f"FAQ {faq_id!r} is no longer in {faq.source}; reload and retry")
     paraphrases = entry.get("paraphrases")
     if isinstance(paraphrases, CommentedSeq):
         _append_block_items(paraphrases, added)
@@ -343,19 +352,19 @@ def _resolve_target_file(kb_path: Path, file: str | Path | None, kb: KnowledgeBa
     """The file a new FAQ goes to: the KB file itself, or a *.yaml inside the KB directory."""
     if not kb_path.is_dir():
         if file is not None and Path(file).name != kb_path.name:
-            raise KbEditError(422, "bad_file", f"the knowledge base is the single file {kb_path}; leave `file` out")
+            raise EditRefusedError("bad_file", f"the knowledge base is the single file {kb_path}; leave `file` out")
         return kb_path
     if file is None:
         return kb.files[-1] if kb.files else kb_path / "faq.yaml"
     root = kb_path.resolve()
     if "\x00" in str(file) or len(str(file)) > 255:
-        raise KbEditError(422, "bad_file", "file: not a usable file name")
+        raise EditRefusedError("bad_file", "file: not a usable file name")
     candidate = Path(file)
     target = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if root not in target.parents:
-        raise KbEditError(422, "bad_file", f"file: {file} is outside the knowledge base directory {kb_path}")
+        raise EditRefusedError("bad_file", f"file: {file} is outside the knowledge base directory {kb_path}")
     if target.suffix not in (".yaml", ".yml") or target.stem == "tests":
-        raise KbEditError(422, "bad_file", "file: must be a .yaml or .yml file (and not tests.yaml)")
+        raise EditRefusedError("bad_file", "file: must be a .yaml or .yml file (and not tests.yaml)")
     existing = {f.resolve(): f for f in kb.files}
     return existing.get(target, target)
 
@@ -380,18 +389,18 @@ def add_faq(kb_path: Path, faq_id: str, question: str, answer: str, *, paraphras
     """Append a new FAQ entry to `file` (default: the KB's last file), in the file's own style."""
     kb_path = Path(kb_path)
     if not ID_PATTERN.match(faq_id or ""):
-        raise KbEditError(422, "bad_id", "faq_id: use 1-64 of A-Z a-z 0-9 _ . -")
+        raise EditRefusedError("bad_id", "faq_id: use 1-64 of A-Z a-z 0-9 _ . -")
     question = clean_text(question, "question")
     if not answer or not answer.strip():
-        raise KbEditError(422, "empty_text", "answer: must not be empty")
+        raise EditRefusedError("empty_text", "answer: must not be empty")
     answer = answer.strip()
     for i, tag in enumerate(tags):
         if not isinstance(tag, str) or not sanitize(tag):
-            raise KbEditError(422, "empty_text", f"tags[{i}]: must not be empty")
+            raise EditRefusedError("empty_text", f"tags[{i}]: must not be empty")
     kb = _load_kb_or_raise(kb_path)
     if faq_id in kb.by_id():
         existing = kb.by_id()[faq_id]
-        raise KbEditError(409, "faq_exists", f"an FAQ with id {faq_id!r} already exists ({existing.source}:{existing.line})")
+        raise EditConflictError("faq_exists", f"an FAQ with id {faq_id!r} already exists ({existing.source}:{existing.line})")
     cleaned = [clean_text(p, f"paraphrases[{i}]") for i, p in enumerate(paraphrases)]
     texts, _ = _split_new_texts(kb, None, [question, *cleaned])
     extra = [t for t in texts if match_key(t) != match_key(question)]

@@ -16,8 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -26,10 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from admin.curation.kb_edit import KbEdit, KbEditError, add_faq, add_paraphrases
-from admin.curation.rebuild import LockTimeoutError, Rebuilder, RebuildOutcome, edit_lock
-from bot.errors import FaqbotError
+from admin.curation.kb_edit import KbEdit, add_faq, add_paraphrases
+from admin.curation.rebuild import Rebuilder, RebuildOutcome, edit_lock
+from bot.cache import EmbeddingCache
 from bot.service import FaqService
+from faq.errors import ConflictError, InvalidInputError, NotFoundError
+from index.filelock import LockTimeoutError
 from index.text import match_key
 
 STATUSES = ("open", "resolved", "ignored")
@@ -49,7 +50,7 @@ def parse_when(value: str | None, *, end: bool = False) -> datetime | None:
             return moment
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise FaqbotError(422, "invalid_request", f"bad date {value!r}: use YYYY-MM-DD or an ISO 8601 time") from exc
+        raise InvalidInputError(f"bad date {value!r}: use YYYY-MM-DD or an ISO 8601 time") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -62,7 +63,15 @@ class MissFilter:
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
-            raise FaqbotError(422, "invalid_request", f"status: one of {', '.join(STATUSES)} (or all)")
+            raise InvalidInputError(f"status: one of {', '.join(STATUSES)} (or all)")
+
+    @classmethod
+    def parse(cls, status: str, channel: str | None = None, since: str | None = None,
+              until: str | None = None) -> MissFilter:
+        """A filter from what an admin types (the API's query parameters, the CLI's flags): status `all`
+        = any, days or ISO times for since/until (see `parse_when`)."""
+        return cls(status=None if status == "all" else status, channel=channel or None, since=parse_when(since),
+                   until=parse_when(until, end=True))
 
     def as_dict(self) -> dict[str, object]:
         return {"status": self.status, "channel": self.channel,
@@ -79,30 +88,16 @@ def fetch_misses(service: FaqService, filters: MissFilter) -> list[dict[str, Any
 
 
 class VectorCache:
-    """Query vectors of miss texts, kept between calls (the admin page lists the same misses often)."""
+    """Query vectors of miss texts, kept between calls (the admin page lists the same misses often):
+    an LRU (bot.cache.EmbeddingCache) keyed by the encoder's fingerprint and the exact text."""
 
     def __init__(self, max_items: int = 20_000) -> None:
-        self.max_items = max_items
-        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = EmbeddingCache(max_items)
 
     def encode(self, service: FaqService, texts: Sequence[str]) -> np.ndarray:
         fingerprint = service.encoder.fingerprint
-        with self._lock:
-            missing = [t for t in dict.fromkeys(texts) if (fingerprint, t) not in self._vectors]
-        if missing:
-            fresh = service.encode_queries(missing)
-            with self._lock:
-                for text, vector in zip(missing, fresh, strict=True):
-                    self._vectors[(fingerprint, text)] = vector
-                while len(self._vectors) > self.max_items:
-                    self._vectors.popitem(last=False)
-        with self._lock:
-            rows = []
-            for text in texts:
-                rows.append(self._vectors[(fingerprint, text)])
-                self._vectors.move_to_end((fingerprint, text))
-        return np.stack(rows) if rows else np.zeros((0, service.encoder.dim), dtype=np.float32)
+        return self._cache.remember([f"{fingerprint}\0{t}" for t in texts], texts, service.encode_queries,
+                                    service.encoder.dim)
 
 
 @dataclass
@@ -211,10 +206,6 @@ class Resolution:
     force: bool = False
 
 
-def _edit_error(exc: KbEditError) -> FaqbotError:
-    return FaqbotError(exc.status, exc.code, exc.message, details=exc.problems or None)
-
-
 def _default_new_file(service: FaqService, leader: dict[str, Any]) -> str | None:
     """A new FAQ goes next to its nearest FAQ (same topic file) unless the admin names a file."""
     if not Path(service.settings.kb).is_dir() or not service.ready:
@@ -232,7 +223,7 @@ def resolve(service: FaqService, rebuilder: Rebuilder | None, miss_id: int, reso
     rows = {row["id"]: row for row in service.store.misses_by_ids(wanted)}
     unknown = [i for i in wanted if i not in rows]
     if unknown:
-        raise FaqbotError(404, "miss_not_found", f"no miss with id {', '.join(map(str, unknown))}")
+        raise NotFoundError(f"no miss with id {', '.join(map(str, unknown))}", code="miss_not_found")
     ordered = [rows[i] for i in wanted]
     if resolution.action == "reopen":
         ids = service.store.update_miss_status(wanted, from_statuses=("resolved", "ignored"), status="open",
@@ -241,15 +232,15 @@ def resolve(service: FaqService, rebuilder: Rebuilder | None, miss_id: int, reso
                 "reload": None}
     done = [row["id"] for row in ordered if row["status"] == "resolved"]
     if done:
-        raise FaqbotError(409, "already_resolved", f"miss(es) {', '.join(map(str, done))} are already resolved "
-                          "(reopen them first)")
+        raise ConflictError(f"miss(es) {', '.join(map(str, done))} are already resolved (reopen them first)",
+                            code="already_resolved")
     if resolution.action == "ignore":
         ids = service.store.update_miss_status(wanted, from_statuses=("open",), status="ignored", action="ignore",
                                                faq_id=None)
         return {"status": "success", "action": "ignore", "faq_id": None, "miss_ids": ids, "edit": None,
                 "reload": None}
     if not resolution.faq_id:
-        raise FaqbotError(422, "invalid_request", "faq_id: required for attach and new")
+        raise InvalidInputError("faq_id: required for attach and new")
     if resolution.paraphrases is not None:
         texts = list(resolution.paraphrases)
     else:  # each distinct wording once, the miss named in the URL first
@@ -273,15 +264,13 @@ def _write_kb(service: FaqService, resolution: Resolution, leader: dict[str, Any
             if resolution.action == "attach":
                 return add_paraphrases(kb_path, resolution.faq_id, texts)
             if not resolution.answer or not resolution.answer.strip():
-                raise FaqbotError(422, "invalid_request", "answer: required for a new FAQ")
+                raise InvalidInputError("answer: required for a new FAQ")
             question = resolution.question or (texts[0] if texts else leader["message"])
             rest = [t for t in texts if match_key(t) != match_key(question)]
             return add_faq(kb_path, resolution.faq_id, question, resolution.answer, paraphrases=rest,
                            tags=resolution.tags, file=resolution.file or _default_new_file(service, leader))
-    except KbEditError as exc:
-        raise _edit_error(exc) from exc
     except LockTimeoutError as exc:
-        raise FaqbotError(409, "kb_busy", "another KB edit is in progress; try again") from exc
+        raise ConflictError("another KB edit is in progress; try again", code="kb_busy") from exc
 
 
 # --- exports -----------------------------------------------------------------------------------------
@@ -346,7 +335,7 @@ def export(service: FaqService, filters: MissFilter, *, fmt: str, kind: str,
            cache: VectorCache | None = None) -> tuple[str, str]:
     """(body, media type) of an export: kind = clusters | raw | training; fmt = csv | jsonl."""
     if fmt not in ("csv", "jsonl"):
-        raise FaqbotError(422, "invalid_request", "format: csv or jsonl")
+        raise InvalidInputError("format: csv or jsonl")
     if kind == "training":
         pairs = training_pairs(service)
         body = to_csv(pairs, ("query", "positive", "faq_id")) if fmt == "csv" else to_jsonl(pairs)
@@ -357,5 +346,5 @@ def export(service: FaqService, filters: MissFilter, *, fmt: str, kind: str,
         clusters = cluster_misses(service, fetch_misses(service, filters), cache=cache)["clusters"]
         body = to_csv(cluster_rows(clusters), CLUSTER_FIELDS) if fmt == "csv" else to_jsonl(clusters)
     else:
-        raise FaqbotError(422, "invalid_request", "kind: clusters, raw or training")
+        raise InvalidInputError("kind: clusters, raw or training")
     return body, ("text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson; charset=utf-8")

@@ -4,8 +4,10 @@ A rebuild loads and validates the KB, encodes it into a new in-memory index whil
 keeps answering, runs the golden questions (`tests.yaml` beside the KB) against both, and only
 then publishes the new version (atomic CURRENT pointer) and swaps it in. Other workers follow
 CURRENT (bot.app polls it), so the whole server moves to the new version within seconds.
+The golden questions are read by faq.golden, the same reader `faqbot eval` uses.
 
-Rebuilds are serialised across threads *and* processes by an flock on `<data_dir>/index/.rebuild.lock`:
+Rebuilds are serialised across threads *and* processes by an index.filelock.FileLock on the data
+dir's rebuild lock (`<data_dir>/index/.rebuild.lock`):
 two workers' reloads never interleave. The second caller waits, then usually finds the KB already
 built ("unchanged"), or is told a rebuild is running when it asked not to wait.
 """
@@ -13,163 +15,39 @@ built ("unchanged"), or is told a rebuild is running when it asked not to wait.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-
-import yaml
+from typing import Any
 
 from bot.matcher import Matcher
 from bot.service import FaqService
-from faq import KBError, KBProblem, KnowledgeBase, load_kb
+from faq import KBError, KnowledgeBase, load_kb
+from faq.errors import ConflictError, FaqbotError, InvalidInputError
+from faq.golden import GoldenCase, golden_file, load_golden
 from faq.loader import kb_files
-from index.faq_index import FaqIndex, build_index, index_root, live_version
+from index.datadir import DataDir
+from index.faq_index import FaqIndex, build_index, live_version, published_meta
+from index.filelock import FileLock, LockTimeoutError
 
 log = logging.getLogger("faqbot")
 
 RELOAD_WAIT_SECONDS = 300.0
 WATCH_INTERVAL_SECONDS = 2.0
-GOLDEN_FILE = "tests.yaml"
-
-_process_locks: dict[str, threading.Lock] = {}
-_process_locks_guard = threading.Lock()
-
-
-class LockTimeoutError(Exception):
-    """Someone else holds the lock and did not let go in time."""
-
-
-class FileLock:
-    """An exclusive lock shared by the threads of this process (threading.Lock) and by other
-    processes on the same data dir (fcntl.flock on a lock file)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        key = str(self.path.resolve())
-        with _process_locks_guard:
-            self._thread_lock = _process_locks.setdefault(key, threading.Lock())
-
-    @property
-    def held_elsewhere(self) -> bool:
-        """True if a thread here or another process holds the lock right now (a snapshot)."""
-        if self._thread_lock.locked():
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    return True
-                raise
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return False
-
-    @contextlib.contextmanager
-    def hold(self, timeout: float) -> Iterator[None]:
-        """Hold the lock for the block; LockTimeoutError after `timeout` seconds (0 = do not wait)."""
-        deadline = time.monotonic() + timeout
-        acquired = self._thread_lock.acquire(timeout=timeout) if timeout > 0 else self._thread_lock.acquire(False)
-        if not acquired:
-            raise LockTimeoutError(str(self.path))
-        handle: IO[str] | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self.path.open("a")
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise LockTimeoutError(str(self.path)) from exc
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        finally:
-            if handle is not None:
-                handle.close()
-            self._thread_lock.release()
-
 
 def rebuild_lock(data_dir: Path) -> FileLock:
-    return FileLock(index_root(data_dir) / ".rebuild.lock")
+    return FileLock(DataDir(data_dir).rebuild_lock)
 
 
 def edit_lock(data_dir: Path) -> FileLock:
     """Held around every KB file edit so two admins never both edit the same old file."""
-    return FileLock(Path(data_dir) / ".kb-edit.lock")
+    return FileLock(DataDir(data_dir).kb_edit_lock)
 
 
-# --- golden questions --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GoldenCase:
-    query: str
-    expected: str | None
-    line: int
-
-
-def golden_file(kb_path: Path) -> Path:
-    """`tests.yaml` inside a KB directory, or next to a single-file KB."""
-    kb_path = Path(kb_path)
-    return (kb_path if kb_path.is_dir() else kb_path.parent) / GOLDEN_FILE
-
-
-def load_golden(path: Path) -> list[GoldenCase]:
-    """Read `tests: [{query, expected}]` (expected: an FAQ id, or null = must not match); KBError on problems."""
-    name = str(path)
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KBError([KBProblem(name, 0, "-", f"cannot read: {exc}")]) from exc
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise KBError([KBProblem(name, mark.line + 1 if mark else 0, "-", f"YAML syntax error: {exc.problem}")]) from exc
-    if not isinstance(root, yaml.MappingNode):
-        raise KBError([KBProblem(name, 1, "-", "expected a mapping with `tests:`")])
-    top = {k.value: v for k, v in root.value if isinstance(k, yaml.ScalarNode)}
-    tests = top.get("tests")
-    if not isinstance(tests, yaml.SequenceNode):
-        raise KBError([KBProblem(name, root.start_mark.line + 1, "tests", "missing or not a list")])
-    problems: list[KBProblem] = []
-    cases: list[GoldenCase] = []
-    for i, node in enumerate(tests.value):
-        line = node.start_mark.line + 1
-        if not isinstance(node, yaml.MappingNode):
-            problems.append(KBProblem(name, line, f"tests[{i}]", "expected a mapping {query, expected}"))
-            continue
-        entry = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
-        query_node, expected_node = entry.get("query"), entry.get("expected")
-        unknown = set(entry) - {"query", "expected"}
-        if unknown:
-            problems.append(KBProblem(name, line, f"tests[{i}]", f"unknown key(s): {', '.join(sorted(unknown))}"))
-        if not isinstance(query_node, yaml.ScalarNode) or not query_node.value.strip():
-            problems.append(KBProblem(name, line, f"tests[{i}].query", "missing or empty"))
-            continue
-        if "expected" not in entry:
-            problems.append(KBProblem(name, line, f"tests[{i}].expected", "missing (an FAQ id, or null)"))
-            continue
-        if not isinstance(expected_node, yaml.ScalarNode):
-            problems.append(KBProblem(name, line, f"tests[{i}].expected", "expected an FAQ id or null"))
-            continue
-        is_null = expected_node.tag == "tag:yaml.org,2002:null"
-        cases.append(GoldenCase(query_node.value.strip(), None if is_null else expected_node.value.strip(), line))
-    if problems:
-        raise KBError(problems)
-    return cases
+# --- the golden-question gate ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -292,16 +170,14 @@ class RebuildOutcome:
                 "seconds": round(self.seconds, 3), "reason": self.reason,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.finished_at))}
 
-
-def published_meta(data_dir: Path) -> dict[str, Any] | None:
-    """The live version's meta.json (without loading vectors), or None."""
-    version = live_version(data_dir)
-    if not version:
-        return None
-    try:
-        return json.loads((index_root(data_dir) / "versions" / version / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    def error(self) -> FaqbotError | None:
+        """A reload that did not publish, as the error a caller who asked for it gets (None when ok)."""
+        if self.ok:
+            return None
+        if self.status == "invalid_kb":
+            return InvalidInputError(self.message, code="invalid_kb", details=self.as_dict())
+        code = "rebuild_running" if self.status == "busy" else self.status  # gate_failed
+        return ConflictError(self.message, code=code, details=self.as_dict())
 
 
 class Rebuilder:

@@ -11,15 +11,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from admin.curation.misses import MissFilter, VectorCache, cluster_misses, fetch_misses
-from bot.errors import FaqbotError
 from bot.service import FaqService
+from faq.errors import InvalidInputError
 
 
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise FaqbotError(422, "invalid_request", f"tz: unknown time zone {name!r} (e.g. Asia/Shanghai, UTC)") from exc
+        raise InvalidInputError(f"tz: unknown time zone {name!r} (e.g. Asia/Shanghai, UTC)") from exc
 
 
 def _rate(answered: int, questions: int) -> float | None:
@@ -30,7 +30,7 @@ def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: 
                   cache: VectorCache | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The numbers of the last `days` days (today included) in time zone `tz`."""
     if not 1 <= days <= 366:
-        raise FaqbotError(422, "invalid_request", "days: between 1 and 366")
+        raise InvalidInputError("days: between 1 and 366")
     local = zone(tz)
     now = (now or datetime.now(UTC)).astimezone(local)
     first_day: date = now.date() - timedelta(days=days - 1)

@@ -28,6 +28,7 @@ import numpy as np
 from admin.quality.evaluation import LabelledPair
 from admin.quality.text_groups import TextGroups
 from faq import KnowledgeBase
+from faq.errors import FaqbotError
 from index.text import match_key, sanitize
 
 TSV_SUFFIXES = (".tsv", ".txt")
@@ -40,8 +41,10 @@ EXTRA_KEYS = {"faq_id", "group", "id"}
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(FaqbotError, ValueError):
     """A training file or source that cannot be used; the message names the file and line."""
+
+    code = "invalid_training_data"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ Benchmarks are commands that print figures, not timed tests (docs/performance.md
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -38,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from admin.loadtest.local_server import faqbot_server
+from bot.settings import Settings
+from index.datadir import DataDir
 
 CONCURRENCIES = (1, 16, 64)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -102,7 +103,6 @@ def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float, data
     `data_dir` is the configured one: `auto` finds (or makes, once) its ONNX export there, and a
     deployed fine-tuned model is what `auto`/`bundled` then mean, as for `faqbot serve`."""
     from bot.service import encoder_spec
-    from bot.settings import Settings
     from index.encoders import load_encoder
 
     settings = Settings(encoder=encoder, encoder_threads=threads, kb=kb_path, data_dir=data_dir)
@@ -441,111 +441,109 @@ def _machine_line(seconds: float, soak: float) -> str:
             f"{f', soak {soak:g} s' if soak else ''}, Python {sys.version.split()[0]}")
 
 
-# --- the command ----------------------------------------------------------------------------------------
-def cmd_bench(args: argparse.Namespace) -> int:
-    from admin.cli.main import CliError, settings_from
+# --- the run ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `faqbot bench` measures (its flags)."""
 
-    settings = settings_from(args)
-    threads = args.threads or settings.encoder_threads
-    seconds, soak = float(args.seconds), float(args.soak_seconds)
-    if seconds <= 0 or soak < 0:
-        raise CliError("--seconds must be > 0 and --soak-seconds >= 0")
+    threads: int
+    seconds: float = 8.0
+    soak_seconds: float = 60.0
+    workers: int = 1
+    url: str | None = None
+    baseline_url: str | None = None
+    baseline: bool = True
+    extra_encoders: tuple[str, ...] = ()
+    json_path: Path | None = None
+
+
+def run_bench(settings: Settings, options: BenchOptions, say: Callable[[str], None] = print) -> dict[str, object]:
+    """Every phase of the bench (see the module docstring), printed as it goes; the figures as a dict."""
     kb_path = Path(settings.kb).resolve()
     source = QuestionStreams(kb_questions(kb_path))
-    say = _printer()
+    seconds, soak = options.seconds, options.soak_seconds
     say(_machine_line(seconds, soak))
     report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "runs": []}
-
-    encoders = [settings.encoder, *args.extra_encoder]
-    models_dir = Path(settings.data_dir).resolve() / "models"
+    encoders = [settings.encoder, *options.extra_encoders]
     bares = {}
     for spec in encoders:
-        bares[spec] = run_bare(spec, threads, kb_path, max(1.0, min(seconds, 6.0)), Path(settings.data_dir).resolve())
+        bares[spec] = run_bare(spec, options.threads, kb_path, max(1.0, min(seconds, 6.0)),
+                               Path(settings.data_dir).resolve())
         for line in _bare_lines(bares[spec]):
             say(line)
     report["bare"] = bares
-
-    env_common = {"FAQBOT_ENCODER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    runs: dict[str, ServerRun] = {}
     say("")
     say(HEADER)
-    if args.url:
-        runs["batched"] = bench_server("given server", args.url.rstrip("/"), None, source, seconds, soak, say=say)
-        if args.baseline_url:
-            runs["naive"] = bench_server("given baseline", args.baseline_url.rstrip("/"), None, source, seconds,
-                                         say=say)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="faqbot-bench-"))
-        try:
-            for i, spec in enumerate(encoders):
-                data_dir = workdir / f"data{i}"
-                env = {**env_common, "FAQBOT_ENCODER": spec}  # the first server builds the index, the naive one reuses it
-                label = "batched" if i == 0 else f"batched {spec.partition(':')[0]} #{i}"
-                # the configured models (auto's export, made once by the bare run above), not a new export each
-                with faqbot_server(kb_path, data_dir, env, workers=args.workers, models_dir=models_dir) as (base, proc):
-                    runs[label] = bench_server(label, base, proc.pid, source, seconds, soak if i == 0 else 0.0,
-                                               workers=args.workers, say=say)
-                if i == 0 and not args.no_baseline:
-                    with faqbot_server(kb_path, data_dir, {**env, **NAIVE_ENV}) as (base, proc):
-                        runs["naive"] = bench_server("naive (no batch/cache)", base, proc.pid, source, seconds,
-                                                     say=say)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-
+    runs = _bench_servers(settings, options, encoders, kb_path, source, say)
     say("")
     for run in runs.values():
         if run.rss_mb is not None:
             say(f"RSS {run.label}: {run.rss_mb:.0f} MB with {run.workers} worker(s) "
                 f"(PSS {run.pss_mb or 0:.0f} MB: shared model pages counted once)")
-    batched_run, naive_run = runs["batched"], runs.get("naive")
-    say("")
-    say(f"targets (issue #8), ratios from this run ({settings.encoder}, threads={threads}):")
-    rows = targets(bares[settings.encoder], batched_run, naive_run)
-    for what, value, target, met in rows:
-        say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
-    for i, spec in enumerate(args.extra_encoder, 1):
-        extra = next((run for label, run in runs.items() if label.endswith(f" #{i}")), None)
-        if extra is None:
-            continue
-        say(f"targets for #{i} {spec} (threads={threads}; no naive run):")
-        for what, value, target, met in targets(bares[spec], extra, None):
-            say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
+    rows = _say_targets(settings, options, bares, runs, say)
     say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     report["runs"] = {k: asdict(v) for k, v in runs.items()}
     report["targets"] = [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in rows]
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    return 0
+    if options.json_path:
+        Path(options.json_path).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    return report
 
 
-def _printer() -> Callable[[str], None]:
+def _bench_servers(settings: Settings, options: BenchOptions, encoders: Sequence[str], kb_path: Path,
+                   source: QuestionStreams, say: Callable[[str], None]) -> dict[str, ServerRun]:
+    """The given servers, or a batched server per encoder and the naive baseline, one after the other."""
+    seconds, soak = options.seconds, options.soak_seconds
+    runs: dict[str, ServerRun] = {}
+    if options.url:
+        runs["batched"] = bench_server("given server", options.url.rstrip("/"), None, source, seconds, soak, say=say)
+        if options.baseline_url:
+            runs["naive"] = bench_server("given baseline", options.baseline_url.rstrip("/"), None, source, seconds,
+                                         say=say)
+        return runs
+    env_common = {"FAQBOT_ENCODER_THREADS": str(options.threads), "OMP_NUM_THREADS": str(options.threads)}
+    models_dir = DataDir(settings.data_dir).models.resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="faqbot-bench-"))
+    try:
+        for i, spec in enumerate(encoders):
+            data_dir = workdir / f"data{i}"
+            env = {**env_common, "FAQBOT_ENCODER": spec}  # the first server builds the index, the naive one reuses it
+            label = "batched" if i == 0 else f"batched {spec.partition(':')[0]} #{i}"
+            # the configured models (auto's export, made once by the bare run above), not a new export each
+            with faqbot_server(kb_path, data_dir, env, workers=options.workers, models_dir=models_dir) as (base, proc):
+                runs[label] = bench_server(label, base, proc.pid, source, seconds, soak if i == 0 else 0.0,
+                                           workers=options.workers, say=say)
+            if i == 0 and options.baseline:
+                with faqbot_server(kb_path, data_dir, {**env, **NAIVE_ENV}) as (base, proc):
+                    runs["naive"] = bench_server("naive (no batch/cache)", base, proc.pid, source, seconds, say=say)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return runs
+
+
+def _say_targets(settings: Settings, options: BenchOptions, bares: dict[str, dict[str, object]],
+                 runs: dict[str, ServerRun], say: Callable[[str], None]) -> list[tuple[str, float, str, bool]]:
+    say("")
+    say(f"targets (issue #8), ratios from this run ({settings.encoder}, threads={options.threads}):")
+    rows = targets(bares[settings.encoder], runs["batched"], runs.get("naive"))
+    for what, value, target, met in rows:
+        say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
+    for i, spec in enumerate(options.extra_encoders, 1):
+        extra = next((run for label, run in runs.items() if label.endswith(f" #{i}")), None)
+        if extra is None:
+            continue
+        say(f"targets for #{i} {spec} (threads={options.threads}; no naive run):")
+        for what, value, target, met in targets(bares[spec], extra, None):
+            say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
+    return rows
+
+
+def printer() -> Callable[[str], None]:
+    """`print` that flushes each line (a long run shows its progress in a log file as it goes)."""
+
     def say(line: str) -> None:
         print(line, flush=True)
 
     return say
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from admin.cli.main import ENCODER_HELP
-
-    p = subparsers.add_parser("bench", help="measure /chat against the bare encoder and a naive server (prints figures)")
-    p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB); questions are drawn from it")
-    p.add_argument("--data-dir", dest="data_dir", type=Path,
-                   help="runtime data directory (FAQBOT_DATA_DIR): its models (auto's export, a deployed model) are "
-                        "benched; the servers build their own index in a temporary directory")
-    p.add_argument("--encoder", help=ENCODER_HELP)
-    p.add_argument("--threads", type=int, help="encoder threads per process (FAQBOT_ENCODER_THREADS)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes of the batched server (default 1)")
-    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase (default 8)")
-    p.add_argument("--soak-seconds", dest="soak_seconds", type=float, default=60.0,
-                   help="concurrency-64 soak on the batched server (default 60; 0 = skip)")
-    p.add_argument("--url", help="bench this running server instead of starting one (its base URL)")
-    p.add_argument("--baseline-url", dest="baseline_url", help="with --url: a naive server to compare with")
-    p.add_argument("--no-baseline", dest="no_baseline", action="store_true", help="skip the naive server")
-    p.add_argument("--extra-encoder", dest="extra_encoder", action="append", default=[], metavar="SPEC",
-                   help="also bench this encoder (e.g. onnx:var/models/e5/onnx/model_int8.onnx); repeatable")
-    p.add_argument("--json", type=Path, help="also write every figure as JSON here")
-    p.set_defaults(func=cmd_bench)
 
 
 def _bare_main(argv: Sequence[str]) -> int:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from index.datadir import DataDir
+
 
 @contextlib.contextmanager
 def faqbot_server(kb: Path, data_dir: Path, env: dict[str, str], workers: int = 1, ready_seconds: float = 600.0,
@@ -25,9 +27,10 @@ def faqbot_server(kb: Path, data_dir: Path, env: dict[str, str], workers: int = 
 
     import httpx
 
-    if models_dir is not None and Path(models_dir).is_dir() and not (Path(data_dir) / "models").exists():
+    linked = DataDir(data_dir).models
+    if models_dir is not None and Path(models_dir).is_dir() and not linked.exists():
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        (Path(data_dir) / "models").symlink_to(Path(models_dir).resolve(), target_is_directory=True)
+        linked.symlink_to(Path(models_dir).resolve(), target_is_directory=True)
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

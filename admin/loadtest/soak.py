@@ -12,22 +12,21 @@ prints requests, throughput, errors, 429s, p50/p90/p99/max latency, and then loo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import random
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from admin.loadtest.local_server import faqbot_server
 from bot.settings import Settings
+from faq import KBError, load_kb
+from index.datadir import DataDir
 
 NEW_QUESTION_TEMPLATES = (
     "第{n}号订单的发票抬头写错了还能改吗", "我在{n}号门店买的东西能在网上退吗", "编号{n}的优惠券为什么用不了",
@@ -83,8 +82,6 @@ def _percentile(sorted_values: list[float], share: float) -> float:
 
 def kb_questions(settings: Settings) -> list[str]:
     """The KB's questions and paraphrases (what customers really ask); a few fixed ones without a KB."""
-    from faq import KBError, load_kb
-
     try:
         return [text for _, text in load_kb(settings.kb).texts()]
     except (KBError, OSError):
@@ -179,20 +176,14 @@ def count_stored(database_url: str, miss_ids: list[int]) -> int:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def own_server(settings: Settings, data_dir: Path, extra_env: dict[str, str] | None = None,
                ready_seconds: float = 600.0) -> Iterator[tuple[str, str]]:
     """`faqbot serve` on a free loopback port with rate limits off; yields (base URL, database URL)."""
-    database_url = settings.database_url or f"sqlite:///{data_dir.resolve() / 'faqbot.db'}"
+    database_url = settings.database_url or DataDir(data_dir).database_url
     env = {"FAQBOT_DATA_DIR": str(data_dir), "FAQBOT_DATABASE_URL": database_url, **(extra_env or {})}
     with faqbot_server(Path(settings.kb).resolve(), data_dir, env, ready_seconds=ready_seconds,
-                       models_dir=Path(settings.data_dir) / "models") as (base, _proc):
+                       models_dir=DataDir(settings.data_dir).models) as (base, _proc):
         yield base, database_url
 
 
@@ -216,40 +207,3 @@ def soak(settings: Settings, *, url: str | None, duration: float, concurrency: i
     report.stored = count_stored(db_url, miss_ids)
     report.lost = len(miss_ids) - report.stored
     return report
-
-
-def cmd_soak(args: argparse.Namespace) -> int:
-    from admin.cli.main import CliError, settings_from
-
-    if args.duration <= 0 or args.duration > 3600:
-        raise CliError("--duration: between 1 and 3600 seconds", 2)
-    if args.concurrency < 1 or args.concurrency > 1024:
-        raise CliError("--concurrency: between 1 and 1024", 2)
-    settings = settings_from(args)
-    try:
-        report = soak(settings, url=args.url, duration=args.duration, concurrency=args.concurrency,
-                      database_url=args.database_url, data_dir=args.data_dir if args.url is None else None)
-    except RuntimeError as exc:
-        raise CliError(str(exc)) from exc
-    except OSError as exc:
-        raise CliError(f"cannot reach the server or the database: {exc}") from exc
-    if args.json:
-        print(json.dumps(asdict(report), ensure_ascii=False, indent=2))
-    else:
-        print("\n".join(report.lines()))
-        for sample in report.error_samples:
-            print(f"  error: {sample}")
-    return 0 if report.lost == 0 and report.errors == 0 else 1
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("soak", help="bounded load test; checks every acknowledged miss is in the database")
-    p.add_argument("--url", help="soak this running server (default: start one on loopback)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
-    p.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
-    p.add_argument("--database-url", dest="database_url",
-                   help="where the server logs misses (default: FAQBOT_DATABASE_URL or the data dir's SQLite)")
-    p.add_argument("--kb", type=Path, help="KB to serve and to draw questions from (FAQBOT_KB)")
-    p.add_argument("--data-dir", dest="data_dir", type=Path, help="data dir of the server it starts (default: temp)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(func=cmd_soak)

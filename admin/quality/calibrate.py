@@ -45,7 +45,9 @@ from admin.quality.evaluation import (
     roc_auc,
 )
 from admin.quality.text_groups import TextGroups
+from bot.cache import EmbeddingCache
 from faq import FAQ, KnowledgeBase
+from faq.errors import FaqbotError
 from index.calibration import SCOPE_LOCAL, Calibration
 from index.encoders import Encoder
 
@@ -53,10 +55,13 @@ Progress = Callable[[int], None]
 KNOT_STEP = 0.01
 MIN_PAIRS_PER_CLASS = 5
 SIMULATION_SEED = 20240607
+RUN_CACHE_CAPACITY = 1 << 62  # a calibration run keeps every vector it made (bounded by the run's data)
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(FaqbotError, ValueError):
     """Not enough (or unusable) labelled data to fit a calibration."""
+
+    code = "insufficient_data"
 
 
 # --- the percent map ----------------------------------------------------------------------------
@@ -167,28 +172,23 @@ def faq_bench_from_pairs(pairs: Sequence[LabelledPair], *, name: str = "dev", kb
 
 
 class CachingEncoder:
-    """Wraps an encoder so a text met twice in one calibration run (pairs, then the simulated FAQ) is encoded once."""
+    """Wraps an encoder so a text met twice in one calibration run (pairs, then the simulated FAQ) is encoded once.
+
+    The vectors are kept, for the run, in the service's own kind of store (bot.cache.EmbeddingCache),
+    one per side, keyed by the exact text.
+    """
 
     def __init__(self, encoder: Encoder) -> None:
         self.inner = encoder
         self.name, self.dim, self.fingerprint = encoder.name, encoder.dim, encoder.fingerprint
-        self._cache: dict[tuple[bool, str], np.ndarray] = {}
-
-    def _encode(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if (is_query, t) not in self._cache))
-        if missing:
-            encode = self.inner.encode_queries if is_query else self.inner.encode_passages
-            for text, vector in zip(missing, encode(missing), strict=True):
-                self._cache[(is_query, text)] = vector
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._cache[(is_query, t)] for t in texts])
+        self._queries = EmbeddingCache(RUN_CACHE_CAPACITY)
+        self._passages = EmbeddingCache(RUN_CACHE_CAPACITY)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts, True)
+        return self._queries.remember(texts, texts, self.inner.encode_queries, self.dim)
 
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts, False)
+        return self._passages.remember(texts, texts, self.inner.encode_passages, self.dim)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from bot.matcher import Decision, Matcher
-from faq import KnowledgeBase
+from faq import KBError, KnowledgeBase
+from faq.errors import FaqbotError
+from faq.golden import load_golden
 from index.calibration import Calibration
 from index.encoders import Encoder, encode_in_chunks
 from index.faq_index import FaqIndex, build_index
@@ -34,8 +36,10 @@ PRECISION_TARGET = 0.95
 MARGIN_GRID = tuple(round(0.0025 * i, 4) for i in range(13))  # 0 .. 0.03 in cosine
 
 
-class EvalDataError(ValueError):
+class EvalDataError(FaqbotError, ValueError):
     """A benchmark file that cannot be read; the message names the file and line."""
+
+    code = "invalid_benchmark"
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -79,23 +83,14 @@ def load_queries(path: Path) -> list[EvalQuery]:
 
 
 def _load_golden_yaml(path: Path) -> list[EvalQuery]:
-    """The golden questions file beside a KB: `tests: [{query, expected: id or null}]`."""
-    import yaml
-
+    """The golden questions file beside a KB, read by faq.golden (the reader the reload gate uses)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise EvalDataError(f"{path}: not valid YAML ({exc})") from exc
-    tests = data.get("tests") if isinstance(data, dict) else None
-    if not isinstance(tests, list) or not tests:
-        raise EvalDataError(f"{path}: expected a `tests:` list of {{query, expected}}")
-    queries = []
-    for i, case in enumerate(tests):
-        if not isinstance(case, dict) or not isinstance(case.get("query"), str) or not (
-                case.get("expected") is None or isinstance(case.get("expected"), str)):
-            raise EvalDataError(f"{path}: tests[{i}] needs a text `query` and an FAQ id (or null) `expected`")
-        queries.append(EvalQuery(case["query"], case.get("expected")))
-    return queries
+        cases = load_golden(path)
+    except KBError as exc:
+        raise EvalDataError("\n".join(str(p) for p in exc.problems)) from exc
+    if not cases:
+        raise EvalDataError(f"{path}: no queries")
+    return [EvalQuery(c.query, c.expected) for c in cases]
 
 
 def load_pairs(path: Path) -> list[LabelledPair]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -14,7 +15,8 @@ HIST_LABELS = {"correct": "in scope, best match right", "wrong": "in scope, best
                "out_of_scope": "out of scope (best match)"}
 
 
-def _pyplot():  # noqa: ANN202 - the pyplot module
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,15 +25,16 @@ def _pyplot():  # noqa: ANN202 - the pyplot module
     return plt
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+def fmt_number(value: float | None, digits: int = 3) -> str:
+    """A figure for a table or a line: `digits` decimals, "–" for none (None or nan)."""
+    if value is None or value != value:  # nan is not equal to itself
         return "–"
     return f"{value:.{digits}f}"
 
 
 def plot_similarity_histograms(result: FaqEvalResult, path: Path) -> Path:
     """Best-match cosines of right / wrong / out-of-scope queries, with the threshold in force."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = result.similarity_groups()
     values = np.concatenate([v for v in groups.values() if v.size]) if any(v.size for v in groups.values()) else np.zeros(1)
     bins = np.linspace(float(np.floor(values.min() * 50) / 50), 1.0, 51)
@@ -55,7 +58,7 @@ def plot_similarity_histograms(result: FaqEvalResult, path: Path) -> Path:
 
 def plot_accuracy_curve(result: FaqEvalResult, path: Path) -> Path:
     """Overall accuracy, precision and answer rate against the threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     sweep = result.sweep
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     ax.plot(sweep.thresholds, sweep.accuracy, label="overall accuracy", color="#1565c0")
@@ -92,21 +95,21 @@ def faq_report_markdown(result: FaqEvalResult, *, title: str, command: str, enco
         "",
         "| figure | value |",
         "|---|---|",
-        f"| top-1 (in scope) | {_fmt(result.top1)} |",
-        f"| MRR@10 (in scope) | {_fmt(result.mrr10)} |",
-        f"| recall@5 (in scope) | {_fmt(result.recall5)} |",
-        f"| threshold in force | {_fmt(result.threshold, 4)} (= {s['threshold_percent']}%) |",
-        f"| ambiguity margin | {_fmt(result.margin, 4)} |",
-        f"| in scope answered right | {_fmt(at.in_scope_answered_right)} |",
-        f"| out-of-scope rejected | {_fmt(result.oos_rejection)} |",
-        f"| **overall accuracy** | **{_fmt(result.overall_accuracy)}** |",
-        f"| precision of answers | {_fmt(at.precision)} |",
-        f"| answer rate | {_fmt(at.answer_rate)} |",
+        f"| top-1 (in scope) | {fmt_number(result.top1)} |",
+        f"| MRR@10 (in scope) | {fmt_number(result.mrr10)} |",
+        f"| recall@5 (in scope) | {fmt_number(result.recall5)} |",
+        f"| threshold in force | {fmt_number(result.threshold, 4)} (= {s['threshold_percent']}%) |",
+        f"| ambiguity margin | {fmt_number(result.margin, 4)} |",
+        f"| in scope answered right | {fmt_number(at.in_scope_answered_right)} |",
+        f"| out-of-scope rejected | {fmt_number(result.oos_rejection)} |",
+        f"| **overall accuracy** | **{fmt_number(result.overall_accuracy)}** |",
+        f"| precision of answers | {fmt_number(at.precision)} |",
+        f"| answer rate | {fmt_number(at.answer_rate)} |",
         f"| clarify questions | {int(at.clarified.sum())} |",
-        f"| threshold with max overall accuracy | {_fmt(result.sweep.best_threshold, 4)} → {_fmt(result.sweep.best_accuracy)} |",
+        f"| threshold with max overall accuracy | {fmt_number(result.sweep.best_threshold, 4)} → {fmt_number(result.sweep.best_accuracy)} |",
         f"| lowest threshold with {result.sweep.precision_target:.0%} precision | "
-        f"{_fmt(result.sweep.precision_threshold, 4)} → accuracy {_fmt(result.sweep.precision_threshold_accuracy)}, "
-        f"answer rate {_fmt(result.sweep.precision_threshold_answer_rate)} |",
+        f"{fmt_number(result.sweep.precision_threshold, 4)} → accuracy {fmt_number(result.sweep.precision_threshold_accuracy)}, "
+        f"answer rate {fmt_number(result.sweep.precision_threshold_answer_rate)} |",
         "",
         f"## Ambiguity margin at threshold {result.threshold:.4f}",
         "",
@@ -134,8 +137,8 @@ def faq_report_markdown(result: FaqEvalResult, *, title: str, command: str, enco
             best = r.decision.best
             verdict = "answered" if r.decision.matched else r.decision.reason
             lines.append(f"| {_cell(r.query)} | {r.expected or '(out of scope)'} | {verdict} | "
-                         f"{best.faq_id if best else '–'} | {_fmt(best.similarity if best else None, 4)} | "
-                         f"{_fmt(best.percent if best else None, 1)} |")
+                         f"{best.faq_id if best else '–'} | {fmt_number(best.similarity if best else None, 4)} | "
+                         f"{fmt_number(best.percent if best else None, 1)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -159,7 +162,7 @@ def write_faq_report(result: FaqEvalResult, out_dir: Path, *, title: str, comman
 
 def plot_pair_histogram(name: str, result: PairEvalResult, path: Path) -> Path:
     """Cosine histograms of the two labels (binary) or of each score (graded)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
     bins = np.linspace(float(np.floor(result.cosines.min() * 50) / 50), 1.0, 51)
     for value in np.unique(result.labels):
@@ -186,8 +189,8 @@ def write_pairs_report(results: dict[str, PairEvalResult], out_dir: Path, *, com
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r.n_pairs} | {_fmt(r.spearman)} | {_fmt(r.roc_auc)} | {_fmt(r.best_threshold, 4)} | "
-                     f"{_fmt(r.best_accuracy)} | {_fmt(r.median_percent_positive, 1)} | {_fmt(r.median_percent_negative, 1)} |")
+        lines.append(f"| {name} | {r.n_pairs} | {fmt_number(r.spearman)} | {fmt_number(r.roc_auc)} | {fmt_number(r.best_threshold, 4)} | "
+                     f"{fmt_number(r.best_accuracy)} | {fmt_number(r.median_percent_positive, 1)} | {fmt_number(r.median_percent_negative, 1)} |")
     lines.append("")
     for name, r in results.items():
         image = "pairs_" + "".join(c if c.isalnum() else "_" for c in name) + ".png"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from admin.web.routes import install_admin
 from bot.app import create_app
 from bot.settings import Settings
 from index.encoders import Encoder
@@ -13,10 +14,6 @@ def build_app(settings: Settings | None = None, *, encoder: Encoder | None = Non
               load_before_serving: bool = False) -> FastAPI:
     settings = settings or Settings()
     app = create_app(settings, encoder=encoder, load_before_serving=load_before_serving)
-    try:
-        from admin.web.routes import install_admin
-    except ImportError:  # admin routes not installed in this build
-        return app
     install_admin(app)
     return app
 

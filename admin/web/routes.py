@@ -20,22 +20,15 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin.curation.lint import lint_kb
-from admin.curation.misses import (
-    MissFilter,
-    Resolution,
-    VectorCache,
-    cluster_misses,
-    export,
-    fetch_misses,
-    parse_when,
-    resolve,
-)
-from admin.curation.rebuild import KbWatcher, Rebuilder, golden_file, published_meta
+from admin.curation.misses import MissFilter, Resolution, VectorCache, cluster_misses, export, fetch_misses, resolve
+from admin.curation.rebuild import KbWatcher, Rebuilder
 from admin.curation.stats import compute_stats
-from bot.errors import FaqbotError
+from bot.errors import BadRequestError, UnauthorizedError
 from bot.service import FaqService
 from faq import KBError, load_kb
-from index.faq_index import live_version
+from faq.errors import NotFoundError
+from faq.golden import golden_file
+from index.faq_index import live_version, published_meta
 
 
 @dataclass
@@ -55,12 +48,12 @@ def require_admin(request: Request) -> None:
     """404 when the admin API is off, 401 without the right Bearer token."""
     token = request.app.state.settings.admin_token
     if token is None:
-        raise FaqbotError(404, "not_found", "Not Found")
+        raise NotFoundError("Not Found")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     expected = token.get_secret_value().encode("utf-8")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), expected):
-        raise FaqbotError(401, "unauthorized", "missing or wrong admin token (send `Authorization: Bearer <token>`)",
-                          headers={"WWW-Authenticate": 'Bearer realm="faqbot-admin"'})
+        raise UnauthorizedError("missing or wrong admin token (send `Authorization: Bearer <token>`)",
+                                challenge='Bearer realm="faqbot-admin"')
 
 
 Admin = Annotated[AdminState, Depends(_admin)]
@@ -78,7 +71,7 @@ def json_body(model: type[Body]) -> Callable[[Request], Awaitable[Body]]:
         try:
             data = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
-            raise FaqbotError(400, "invalid_json", "the request body is not valid JSON") from exc
+            raise BadRequestError("the request body is not valid JSON", code="invalid_json") from exc
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -89,17 +82,6 @@ def json_body(model: type[Body]) -> Callable[[Request], Awaitable[Body]]:
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": False, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-def _ready(service: FaqService) -> None:
-    if not service.ready:
-        raise FaqbotError(503, "not_ready", service.load_error or "the index is still loading",
-                          headers={"Retry-After": "2"})
-
-
-def _filters(status: str, channel: str | None, since: str | None, until: str | None) -> MissFilter:
-    return MissFilter(status=None if status == "all" else status, channel=channel or None,
-                      since=parse_when(since), until=parse_when(until, end=True))
 
 
 StatusParam = Annotated[str, Query(pattern="^(open|resolved|ignored|all)$", description="open, resolved, ignored or all")]
@@ -115,8 +97,8 @@ def list_misses(admin: Admin, status: StatusParam = "open", channel: str | None 
                                                          description="Cluster cosine (default: the answer threshold)")] = None,
                 ) -> dict[str, Any]:
     """Unanswered questions grouped into clusters of the same question, most frequent first."""
-    _ready(admin.service)
-    filters = _filters(status, channel, since, until)
+    admin.service.require_ready()
+    filters = MissFilter.parse(status, channel, since, until)
     result = cluster_misses(admin.service, fetch_misses(admin.service, filters), cache=admin.vectors,
                             threshold=threshold)
     result["clusters"] = result["clusters"][offset : offset + limit]
@@ -129,8 +111,8 @@ def export_misses(admin: Admin, export_format: Annotated[Literal["csv", "jsonl"]
                   status: StatusParam = "open", channel: str | None = None, since: SinceParam = None,
                   until: UntilParam = None) -> Response:
     """Download misses as CSV/JSONL: clusters, one row per miss (`raw`), or training pairs (`training`)."""
-    _ready(admin.service)
-    body, media_type = export(admin.service, _filters(status, channel, since, until), fmt=export_format, kind=kind,
+    admin.service.require_ready()
+    body, media_type = export(admin.service, MissFilter.parse(status, channel, since, until), fmt=export_format, kind=kind,
                               cache=admin.vectors)
     filename = f"faqbot-{'training' if kind == 'training' else 'misses'}-{kind}.{export_format}"
     return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
@@ -141,7 +123,7 @@ def get_miss(admin: Admin, miss_id: int) -> dict[str, Any]:
     """One logged miss with everything recorded about it."""
     miss = admin.service.store.get_miss(miss_id)
     if miss is None:
-        raise FaqbotError(404, "miss_not_found", f"no miss with id {miss_id}")
+        raise NotFoundError(f"no miss with id {miss_id}", code="miss_not_found")
     return {"status": "success", "miss": miss}
 
 
@@ -183,17 +165,14 @@ class ReloadRequest(BaseModel):
     wait: bool = Field(True, description="If another rebuild is running, wait for it (else 409 at once)")
 
 
-RELOAD_ERRORS = {"invalid_kb": 422, "gate_failed": 409, "busy": 409}
-
-
 @router.post("/reload", openapi_extra=_body_schema(ReloadRequest))
 def reload(admin: Admin, body: Annotated[ReloadRequest, Depends(json_body(ReloadRequest))]) -> dict[str, Any]:
     """Rebuild from the KB on disk while the old index answers; publish and swap unless the KB is
     broken or the golden questions got worse. Answers once the new version is live."""
     outcome = admin.rebuilder.rebuild(force=body.force, wait=body.wait, reason="api")
-    if not outcome.ok:
-        code = "rebuild_running" if outcome.status == "busy" else outcome.status
-        raise FaqbotError(RELOAD_ERRORS[outcome.status], code, outcome.message, details=outcome.as_dict())
+    error = outcome.error()
+    if error is not None:
+        raise error
     return {"status": "success", **outcome.as_dict()}
 
 
@@ -235,8 +214,7 @@ def index_info(admin: Admin) -> dict[str, Any]:
 @router.get("/faqs")
 def faqs(admin: Admin) -> dict[str, Any]:
     """Every FAQ of the live index (id, question, tags, file): what a miss can be attached to."""
-    if not admin.service.ready:
-        raise FaqbotError(503, "not_ready", admin.service.load_error or "the index is still loading")
+    admin.service.require_ready()
     return {"status": "success", "faqs": [
         {"faq_id": f.id, "question": f.question, "tags": list(f.tags), "file": str(f.source or "")}
         for f in admin.service.index.faqs
@@ -247,11 +225,7 @@ def faqs(admin: Admin) -> dict[str, Any]:
 def lint(admin: Admin, min_similarity: Annotated[float | None, Query(ge=0.0, le=1.0)] = None) -> dict[str, Any]:
     """Exact duplicates, FAQ pairs the bot may confuse, paraphrases closer to another FAQ than to their own."""
     service = admin.service
-    try:
-        kb = load_kb(service.settings.kb)
-    except KBError as exc:
-        raise FaqbotError(422, "invalid_kb", f"{len(exc.problems)} problem(s) in the knowledge base",
-                          details=[p.as_dict() for p in exc.problems]) from exc
+    kb = load_kb(service.settings.kb)  # a broken KB: KBError, 422 invalid_kb with every problem
     live = service.index if service.ready else None
     threshold = service.matcher.default_threshold if live else service.calibration.threshold
     report = lint_kb(kb, service.encoder, answer_threshold=threshold, min_similarity=min_similarity,

@@ -1,4 +1,4 @@
-"""Messaging-platform webhooks (`POST /webhooks/<platform>`), each an adapter around `FaqService.chat`.
+"""Messaging-platform webhooks (`POST /webhooks/<platform>`), each an adapter around `FaqService.achat`.
 
 A channel is on when all its secrets are set (see docs/channels.md); every other
 `/webhooks/<name>` answers 404 in the JSON error format. Every channel verifies its platform's own
@@ -22,9 +22,10 @@ from bot.channels.slack import SlackChannel
 from bot.channels.telegram import TelegramChannel
 from bot.channels.wechat import WeChatChannel
 from bot.channels.wecom import WeComChannel
-from bot.errors import FaqbotError
+from bot.errors import MethodNotAllowedError
 from bot.service import FaqService
 from bot.settings import Settings
+from faq.errors import NotFoundError
 
 CHANNEL_TYPES: tuple[type[Channel], ...] = (
     WeComChannel, WeChatChannel, DingTalkChannel, FeishuChannel, SlackChannel, TelegramChannel, GenericChannel,
@@ -66,10 +67,10 @@ def install_channels(app: FastAPI) -> None:
     async def channel_off(platform: str) -> None:
         """Any other platform name, or a channel whose secrets are not set."""
         if platform in channels:
-            raise FaqbotError(405, "method_not_allowed", f"the {platform} webhook takes POST")
+            raise MethodNotAllowedError(f"the {platform} webhook takes POST")
         if platform in PLATFORMS:
-            raise FaqbotError(404, "channel_disabled", f"the {platform} channel is not configured on this server")
-        raise FaqbotError(404, "unknown_channel", f"no channel named {platform!r}; channels: {', '.join(PLATFORMS)}")
+            raise NotFoundError(f"the {platform} channel is not configured on this server", code="channel_disabled")
+        raise NotFoundError(f"no channel named {platform!r}; channels: {', '.join(PLATFORMS)}", code="unknown_channel")
 
     app.add_api_route("/webhooks/{platform}", channel_off, methods=["GET", "POST"], include_in_schema=False)
 

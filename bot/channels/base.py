@@ -24,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from bot.api import chat_response
 from bot.channels.events import EventLog
 from bot.channels.sender import Sender
-from bot.errors import FaqbotError
+from bot.errors import BadRequestError, ForbiddenError, MethodNotAllowedError, UnauthorizedError
 from bot.metrics import Metrics
-from bot.service import FaqService, NotReadyError
+from bot.service import FaqService
 from bot.settings import Settings
 from index.text import sanitize
 
@@ -37,20 +37,20 @@ EMPTY_MESSAGE_REPLY = "您好，请直接输入您的问题。"
 MAX_SESSION_ID_CHARS = 128
 
 
-def bad_signature(message: str = "missing or invalid signature") -> FaqbotError:
-    return FaqbotError(401, "bad_signature", message)
+def bad_signature(message: str = "missing or invalid signature") -> UnauthorizedError:
+    return UnauthorizedError(message, code="bad_signature")
 
 
-def stale_timestamp(message: str = "timestamp outside the accepted window") -> FaqbotError:
-    return FaqbotError(403, "stale_timestamp", message)
+def stale_timestamp(message: str = "timestamp outside the accepted window") -> ForbiddenError:
+    return ForbiddenError(message, code="stale_timestamp")
 
 
-def replayed_request() -> FaqbotError:
-    return FaqbotError(403, "replayed_request", "this signed request was already received")
+def replayed_request() -> ForbiddenError:
+    return ForbiddenError("this signed request was already received", code="replayed_request")
 
 
-def bad_payload(message: str) -> FaqbotError:
-    return FaqbotError(400, "bad_payload", message)
+def bad_payload(message: str) -> BadRequestError:
+    return BadRequestError(message, code="bad_payload")
 
 
 def secret(value: SecretStr | None) -> str:
@@ -110,7 +110,7 @@ class Channel(ABC):
 
     async def verify_url(self, request: Request) -> Response:
         """The platform console's URL check (`GET /webhooks/<name>`); only routed when `url_verification`."""
-        raise FaqbotError(405, "method_not_allowed", f"{self.name} has no URL verification")
+        raise MethodNotAllowedError(f"{self.name} has no URL verification")
 
     # --- shared steps ------------------------------------------------------------------------------
     async def refuse_replay(self, signature: str) -> None:
@@ -120,10 +120,7 @@ class Channel(ABC):
 
     def require_ready(self) -> None:
         """503 before the index is loaded, so the platform retries instead of getting no answer."""
-        service = self.context.service
-        if not service.ready:
-            raise FaqbotError(503, "not_ready", service.load_error or "the index is still loading",
-                              headers={"Retry-After": "2"})
+        self.context.service.require_ready()
 
     async def ask(self, text: str, *, session_id: str | None) -> Answer:
         """The same decision /chat makes (threshold, miss log with channel=<platform>)."""
@@ -132,10 +129,7 @@ class Channel(ABC):
             return Answer(EMPTY_MESSAGE_REPLY)
         self.require_ready()
         session = session_id[:MAX_SESSION_ID_CHARS] if session_id else None
-        try:
-            result = await run_in_threadpool(service.chat, text, channel=self.name, session_id=session)
-        except NotReadyError as exc:
-            raise FaqbotError(503, "not_ready", str(exc), headers={"Retry-After": "2"}) from exc
+        result = await run_in_threadpool(service.chat, text, channel=self.name, session_id=session)
         body = chat_response(result, service)
         self.context.metrics.answers.labels("matched" if result.decision.matched else result.decision.reason,
                                             self.name).inc()

@@ -21,9 +21,13 @@ import struct
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from faq.errors import FaqbotError
 
-class CryptoError(ValueError):
+
+class CryptoError(FaqbotError, ValueError):
     """A payload that does not decrypt, or decrypts to something malformed: the sender lacks our key."""
+
+    code = "bad_encryption"
 
 
 def same(a: str | bytes, b: str | bytes) -> bool:

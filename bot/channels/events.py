@@ -33,7 +33,7 @@ class Claim:
     previous_reply: str | None = None
 
 
-def _key(event_id: str) -> str:
+def event_key(event_id: str) -> str:
     """Event ids longer than the column are stored as their hash (still unique per id)."""
     if len(event_id) <= MAX_EVENT_ID_CHARS:
         return event_id
@@ -51,9 +51,9 @@ class EventLog:
 
     def _claim(self, platform: str, event_id: str) -> Claim:
         self._purge_now_and_then()
-        if self.store.claim_event(platform, _key(event_id), ttl_seconds=self.ttl_seconds):
+        if self.store.claim_event(platform, event_key(event_id), ttl_seconds=self.ttl_seconds):
             return Claim(True)
-        return Claim(False, self.store.event_reply(platform, _key(event_id)))
+        return Claim(False, self.store.event_reply(platform, event_key(event_id)))
 
     async def claim(self, platform: str, event_id: str) -> Claim:
         return await run_in_threadpool(self._claim, platform, event_id)
@@ -64,10 +64,10 @@ class EventLog:
         return await run_in_threadpool(self.store.claim_event, platform, digest, ttl_seconds=self.ttl_seconds)
 
     async def remember_reply(self, platform: str, event_id: str, reply: str) -> None:
-        await run_in_threadpool(self.store.set_event_reply, platform, _key(event_id), reply)
+        await run_in_threadpool(self.store.set_event_reply, platform, event_key(event_id), reply)
 
     async def release(self, platform: str, event_id: str) -> None:
-        await run_in_threadpool(self.store.release_event, platform, _key(event_id))
+        await run_in_threadpool(self.store.release_event, platform, event_key(event_id))
 
     def _purge_now_and_then(self) -> None:
         now = time.monotonic()

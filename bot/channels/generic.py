@@ -15,11 +15,11 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
+from bot.api import require_text
 from bot.channels.base import Channel, ChannelContext, bad_payload, bad_signature, check_timestamp, secret
 from bot.channels.crypto import hmac_sha256, same
-from bot.errors import FaqbotError
 from bot.settings import Settings
-from index.text import sanitize
+from faq.errors import ConflictError, InvalidInputError
 
 MAX_ID_CHARS = 128
 
@@ -58,8 +58,8 @@ class GenericChannel(Channel):
             return JSONResponse(json.loads(await produce()))
         reply, new = await self.reply_once(event_id, produce)
         if reply is None:
-            raise FaqbotError(409, "in_progress", "this event_id is still being answered; retry shortly",
-                              headers={"Retry-After": "1"})
+            raise ConflictError("this event_id is still being answered; retry shortly", code="in_progress",
+                                retry_after=1)
         return JSONResponse({**json.loads(reply), "duplicate": not new})
 
     def _parse(self, raw: bytes) -> tuple[str, str | None, str | None]:
@@ -71,11 +71,8 @@ class GenericChannel(Channel):
             raise bad_payload("the body must be a JSON object")
         message = body.get("message")
         if not isinstance(message, str):
-            raise FaqbotError(422, "invalid_request", "message: a string is required")
-        if len(message) > self.settings.max_message_chars:
-            raise FaqbotError(422, "message_too_long", f"message: longer than {self.settings.max_message_chars} characters")
-        if not sanitize(message):
-            raise FaqbotError(422, "empty_message", "message: must contain some text")
+            raise InvalidInputError("message: a string is required")
+        require_text(message, "message", self.settings.max_message_chars)
         return message, self._optional_id(body, "session_id"), self._optional_id(body, "event_id")
 
     @staticmethod
@@ -84,5 +81,5 @@ class GenericChannel(Channel):
         if value is None:
             return None
         if not isinstance(value, str | int) or isinstance(value, bool) or not str(value) or len(str(value)) > MAX_ID_CHARS:
-            raise FaqbotError(422, "invalid_request", f"{field}: a string of 1-{MAX_ID_CHARS} characters")
+            raise InvalidInputError(f"{field}: a string of 1-{MAX_ID_CHARS} characters")
         return str(value)

@@ -17,19 +17,22 @@ import httpx
 from starlette.concurrency import run_in_threadpool
 
 from bot.store import Store
+from faq.errors import FaqbotError
 
 log = logging.getLogger("faqbot")
 
 MAX_RETRY_AFTER_SECONDS = 30.0
 
 
-class DeliveryError(Exception):
+class DeliveryError(FaqbotError):
     """One failed attempt; `retryable` says whether trying again can help."""
+
+    code = "delivery_failed"
 
     def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # the platform's own Retry-After, if it sent one
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ fails until the migrated schema equals the metadata again):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+
+from index.filelock import FileLock
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 # Any constant: the key of the PostgreSQL advisory lock that serialises concurrent upgrades.
@@ -80,10 +81,5 @@ def _exclusive(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:" or database.startswith("file:"):
         yield
         return
-    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with FileLock(Path(database).with_name(Path(database).name + ".migrate.lock")).hold():
+        yield
