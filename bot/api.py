@@ -1,8 +1,8 @@
 """Public HTTP routes: /chat, /feedback, /similarity, /v1/embeddings, /healthz, /readyz, /metrics.
 
 Routes are thin: validate, call `FaqService`, shape the JSON; errors are raised as domain errors
-and rendered by bot.errors. Blocking work (encoding, SQLite) runs in FastAPI's thread pool
-because the handlers (but /chat) are plain `def`.
+and rendered by bot.errors. /chat and /feedback await the service; the other handlers are plain
+`def`, so their blocking work (encoding) runs in FastAPI's thread pool.
 """
 
 from __future__ import annotations
@@ -12,18 +12,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
 
 from bot.errors import error_response
 from bot.matcher import Decision
 from bot.metrics import Metrics
 from bot.schemas import ChatRequest, EmbeddingsRequest, FeedbackRequest, SimilarityRequest
-from bot.service import ChatResult, FaqService, MissLogUnavailableError
+from bot.service import ChatResult, FaqService
 from faq.errors import InvalidInputError
 from index.text import sanitize
 
 router = APIRouter()
 log = logging.getLogger("faqbot")
+
+MISS_NOT_LOGGED = "the miss log is unavailable right now; this question was not recorded"
+
 
 async def get_service(request: Request) -> FaqService:
     # Async on purpose: FastAPI runs a plain-`def` dependency in its thread pool, a thread hop on
@@ -44,7 +46,7 @@ def require_text(value: str, field: str, max_chars: int) -> str:
 
 
 def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
-    """The /chat JSON for one decision (also used by the webhooks' generic channel)."""
+    """The /chat JSON for one answered turn (also what the webhooks and `faqbot ask --json` show)."""
     decision: Decision = result.decision
     best = decision.best
     body: dict[str, Any] = {
@@ -66,6 +68,9 @@ def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
         )
     if not decision.matched and service.settings.handoff_url:
         body["handoff_url"] = service.settings.handoff_url
+    if not result.miss_logged and not decision.matched:
+        body["miss_logged"] = False
+        body["miss_error"] = MISS_NOT_LOGGED
     return body
 
 
@@ -76,48 +81,19 @@ async def chat(body: ChatRequest, service: Service, request: Request) -> dict[st
     # miss, for the batched commit of the miss log, without holding a thread (docs/performance.md).
     require_text(body.message, "message", service.settings.max_message_chars)
     service.require_ready()
+    result = await service.achat(body.message, channel=body.channel, session_id=body.session_id, tags=body.tags,
+                                 top_k=body.top_k)
     metrics: Metrics = request.app.state.metrics
-    miss_logged = True
-    try:
-        result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
-                                     tags=body.tags, top_k=body.top_k)
-    except (SQLAlchemyError, OSError) as exc:
-        # The database refused the turn (locked past its busy timeout, down, disk full): the
-        # customer still gets the answer, and the response says the miss was not recorded.
-        log.error("chat: the miss log refused this turn (%s); answering without logging it", exc)
-        metrics.miss_log_failures.inc()
-        miss_logged = False
-        result = await service.achat(body.message, channel=body.channel, session_id=body.session_id,
-                                     tags=body.tags, top_k=body.top_k, log_turn=False)
     metrics.answers.labels("matched" if result.decision.matched else result.decision.reason, body.channel).inc()
-    response = chat_response(result, service)
-    if not miss_logged and not result.decision.matched:
-        response["miss_logged"] = False
-        response["miss_error"] = "the miss log is unavailable right now; this question was not recorded"
-    return response
+    return chat_response(result, service)
 
 
 @router.post("/feedback", tags=["chat"])
-def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
+async def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
     """Record 👍/👎 for an answer; a 👎 puts the question in the miss log for review."""
     require_text(body.message, "message", service.settings.max_message_chars)
-    clean = sanitize(body.message, service.settings.max_message_chars)
-    miss_id = None
-    if not body.helpful:
-        service.require_ready()
-        decision = service.decide(clean)
-        record = service.miss_record(clean, decision, body.channel, body.session_id, service.index.version,
-                                     reason="feedback")
-        if body.faq_id:
-            record = record.__class__(**{**record.__dict__, "best_faq_id": body.faq_id})
-    try:
-        if not body.helpful:
-            miss_id = service.store.log_miss(record)
-        feedback_id = service.store.log_feedback(session_id=body.session_id, message=clean, faq_id=body.faq_id,
-                                                 helpful=body.helpful, miss_id=miss_id)
-    except (SQLAlchemyError, OSError) as exc:
-        log.error("feedback: the database refused it: %s", exc)
-        raise MissLogUnavailableError("the feedback could not be recorded right now; try again") from exc
+    feedback_id, miss_id = await service.feedback(body.message, helpful=body.helpful, faq_id=body.faq_id,
+                                                  session_id=body.session_id, channel=body.channel)
     return {"status": "success", "feedback_id": feedback_id, "miss_id": miss_id}
 
 

@@ -7,17 +7,17 @@ same answer whichever way it arrives. It is built from explicit settings (no glo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.batcher import BatchStats, Encoded, MicroBatcher, OverloadedError, SearchSpec
 from bot.cache import EmbeddingCache, ExactMatches
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from bot.metrics import Metrics
 
 log = logging.getLogger("faqbot")
+T = TypeVar("T")
 
-# A sync caller (webhook thread, CLI) never waits forever on the encoder worker or the miss writer.
+# A caller never waits forever on the encoder worker or the miss writer.
 RESULT_TIMEOUT_SECONDS = 60.0
 
 
@@ -123,11 +124,14 @@ def previous_calibration(settings: Settings, encoder: Encoder) -> Calibration | 
 
 @dataclass
 class ChatResult:
+    """One answered turn. `miss_logged` is False when the database refused to record it (answered anyway)."""
+
     decision: Decision
     message: str
     miss_id: int | None
     index_version: str
     answer: str | None = None
+    miss_logged: bool = True
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -144,6 +148,9 @@ class MissLogUnavailableError(UnavailableError):
     code = "log_unavailable"
     retry_after = 5.0
 
+
+# What "the database refused" looks like: locked past its busy timeout, down, the disk full.
+STORE_REFUSED = (SQLAlchemyError, OSError)
 
 
 class FaqService:
@@ -338,10 +345,60 @@ class FaqService:
                 self.cache.put(keys[i], vector)
         return np.stack(found).astype(np.float32, copy=False)
 
+    # --- the one chat path: /chat, the webhooks and `faqbot ask` -----------------------------------
+    async def achat(self, message: str, *, channel: str = "web", session_id: str | None = None,
+                    tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
+        """Answer one customer message; a miss (or ambiguity) is logged and its id returned.
+
+        The vector comes from the exact-match table or the cache, else the encoder worker (awaited
+        without holding a thread), else an encode in a thread. When the database refuses the turn
+        (locked past its busy timeout, down, disk full) the customer still gets the answer and the
+        result says the miss was not recorded (`miss_logged=False`).
+        """
+        matcher = self.matcher  # one snapshot for the whole request, even if a reload swaps meanwhile
+        clean = sanitize(message, self.settings.max_message_chars)
+        decision = await self._adecide(clean, matcher, tags, top_k or self.settings.top_k)
+        result = ChatResult(decision, clean, None, matcher.index.version, decision.faq.answer if decision.faq else None)
+        if log_turn:
+            await self._log_turn(result, channel, session_id)
+        return result
+
+    def chat(self, message: str, *, channel: str = "web", session_id: str | None = None,
+             tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
+        """`achat` for a caller with no event loop (scripts, tests): the same path, run to completion here."""
+        return _run(self.achat(message, channel=channel, session_id=session_id, tags=tags, top_k=top_k,
+                               log_turn=log_turn))
+
     def decide(self, message: str, *, tags: Sequence[str] | None = None, top_k: int | None = None) -> Decision:
+        """The decision `achat` would make, with nothing logged (for a caller with no event loop)."""
         matcher = self.matcher
         clean = sanitize(message, self.settings.max_message_chars)
-        return self._decide(clean, matcher, tags, top_k or self.settings.top_k)
+        return _run(self._adecide(clean, matcher, tags, top_k or self.settings.top_k))
+
+    async def feedback(self, message: str, *, helpful: bool, faq_id: str | None = None,
+                       session_id: str | None = None, channel: str = "web") -> tuple[int, int | None]:
+        """Record 👍/👎 for an answer; a 👎 puts the question in the miss log. (feedback id, miss id);
+        MissLogUnavailableError when the database refuses (nothing the customer said may be lost silently)."""
+        clean = sanitize(message, self.settings.max_message_chars)
+        record = None
+        if not helpful:
+            matcher = self.matcher
+            decision = await self._adecide(clean, matcher, None, self.settings.top_k)
+            record = self.miss_record(clean, decision, channel, session_id, matcher.index.version, reason="feedback")
+            if faq_id:
+                record = replace(record, best_faq_id=faq_id)
+        try:
+            return await asyncio.to_thread(self._write_feedback, record, clean, faq_id, helpful, session_id)
+        except STORE_REFUSED as exc:
+            log.error("feedback: the database refused it: %s", exc)
+            raise MissLogUnavailableError("the feedback could not be recorded right now; try again") from exc
+
+    def _write_feedback(self, record: MissRecord | None, clean: str, faq_id: str | None, helpful: bool,
+                        session_id: str | None) -> tuple[int, int | None]:
+        miss_id = self.store.log_miss(record) if record is not None else None
+        feedback_id = self.store.log_feedback(session_id=session_id, message=clean, faq_id=faq_id, helpful=helpful,
+                                              miss_id=miss_id)
+        return feedback_id, miss_id
 
     def _start_decision(self, clean: str, matcher: Matcher, tags: Sequence[str] | None,
                         top_k: int) -> tuple[str, Decision | Future[Encoded] | None]:
@@ -354,73 +411,60 @@ class FaqService:
             return key, self._submit([clean], SearchSpec(matcher, top_k, tuple(tags) if tags else None))
         return key, None
 
-    def _settle(self, key: str, encoded: Encoded) -> Decision:
+    async def _adecide(self, clean: str, matcher: Matcher, tags: Sequence[str] | None, top_k: int) -> Decision:
+        key, pending = self._start_decision(clean, matcher, tags, top_k)
+        if isinstance(pending, Decision):
+            return pending
+        if pending is None:  # no encoder worker (max_batch=1, the CLI): encode in a thread
+            return await asyncio.to_thread(self._decide_here, key, clean, matcher, tags, top_k)
+        encoded = await asyncio.wrap_future(pending)
         self.cache.put(key, encoded.vectors[0])
         assert encoded.decisions is not None
         return encoded.decisions[0]
 
-    def _decide(self, clean: str, matcher: Matcher, tags: Sequence[str] | None, top_k: int) -> Decision:
-        key, pending = self._start_decision(clean, matcher, tags, top_k)
-        if isinstance(pending, Decision):
-            return pending
-        if pending is not None:
-            return self._settle(key, pending.result(RESULT_TIMEOUT_SECONDS))
+    def _decide_here(self, key: str, clean: str, matcher: Matcher, tags: Sequence[str] | None, top_k: int) -> Decision:
         self._count("encoder")
         vector = self.encoder.encode_queries([clean])
         self.cache.put(key, vector[0])
         return matcher.match_vectors(vector, top_k=top_k, tags=tags)[0]
 
-    def chat(self, message: str, *, channel: str = "web", session_id: str | None = None,
-             tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
-        """Answer one customer message; a miss (or ambiguity) is logged and its id returned."""
-        matcher = self.matcher  # one snapshot for the whole request, even if a reload swaps meanwhile
-        clean = sanitize(message, self.settings.max_message_chars)
-        decision = self._decide(clean, matcher, tags, top_k or self.settings.top_k)
-        miss_id = None
-        if log_turn:
-            miss_id = self._record_turn(clean, decision, channel, session_id, matcher.index.version).result(
-                RESULT_TIMEOUT_SECONDS)
-        answer = decision.faq.answer if decision.faq else None
-        return ChatResult(decision, clean, miss_id, matcher.index.version, answer)
+    async def _log_turn(self, result: ChatResult, channel: str, session_id: str | None) -> None:
+        """Log the turn (and the miss, if it was one) into `result`; a refusing database is logged, not raised."""
+        try:
+            result.miss_id = await self._record_turn(result.message, result.decision, channel, session_id,
+                                                     result.index_version)
+        except STORE_REFUSED as exc:
+            log.error("chat: the miss log refused this turn (%s); answering without logging it", exc)
+            if self._metrics is not None:
+                self._metrics.miss_log_failures.inc()
+            result.miss_logged = False
 
-    async def achat(self, message: str, *, channel: str = "web", session_id: str | None = None,
-                    tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
-        """`chat` for async routes: awaits the encoder worker and the miss writer without holding a thread."""
-        if not self._batching():  # no worker (max_batch=1): encode in a thread, as a sync route would
-            return await asyncio.to_thread(self.chat, message, channel=channel, session_id=session_id, tags=tags,
-                                           top_k=top_k, log_turn=log_turn)
-        matcher = self.matcher
-        clean = sanitize(message, self.settings.max_message_chars)
-        key, pending = self._start_decision(clean, matcher, tags, top_k or self.settings.top_k)
-        if isinstance(pending, Decision):
-            decision = pending
-        else:
-            assert pending is not None
-            decision = self._settle(key, await asyncio.wrap_future(pending))
-        miss_id = None
-        if log_turn:
-            recorded = self._record_turn(clean, decision, channel, session_id, matcher.index.version)
-            miss_id = recorded.result() if recorded.done() else await asyncio.wrap_future(recorded)
-        answer = decision.faq.answer if decision.faq else None
-        return ChatResult(decision, clean, miss_id, matcher.index.version, answer)
-
-    def _record_turn(self, clean: str, decision: Decision, channel: str, session_id: str | None,
-                     index_version: str) -> Future[int | None]:
-        """Log the turn (and the miss, if it was one); the future gives the committed miss id."""
+    async def _record_turn(self, clean: str, decision: Decision, channel: str, session_id: str | None,
+                           index_version: str) -> int | None:
+        """Hand the turn to the batched writer (or write it in a thread without one); the committed miss id."""
         chat = ChatRow(channel=channel, session_id=session_id, matched=decision.matched,
                        faq_id=decision.faq.id if decision.faq else None,
                        similarity=decision.best.similarity if decision.best else None)
         miss = None if decision.matched else self.miss_record(clean, decision, channel, session_id, index_version)
+        recorded = self._hand_over(chat, miss)
+        if recorded is None:
+            return await asyncio.to_thread(self._write_turn_here, chat, miss)
+        return recorded.result() if recorded.done() else await asyncio.wrap_future(recorded)
+
+    def _hand_over(self, chat: ChatRow, miss: MissRecord | None) -> Future[int | None] | None:
         writer = self.miss_writer
-        if writer is not None and writer.running:
-            with contextlib.suppress(RuntimeError):  # the writer closed meanwhile (shutdown): write here instead
-                return writer.log_turn(chat, miss)
+        if writer is None or not writer.running:
+            return None
+        try:
+            return writer.log_turn(chat, miss)
+        except RuntimeError:  # the writer closed meanwhile (shutdown): write here instead
+            return None
+
+    def _write_turn_here(self, chat: ChatRow, miss: MissRecord | None) -> int | None:
         miss_id = self.store.log_miss(miss) if miss is not None else None
         self.store.log_chat(channel=chat.channel, session_id=chat.session_id, matched=chat.matched,
                             faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id)
-        done: Future[int | None] = Future()
-        done.set_result(miss_id)
-        return done
+        return miss_id
 
     @staticmethod
     def miss_record(message: str, decision: Decision, channel: str, session_id: str | None,
@@ -457,3 +501,8 @@ class FaqService:
         from index.calibration import default_calibration
 
         return default_calibration(self.encoder.fingerprint)
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run one coroutine of the service to completion for a caller with no event loop (bounded in time)."""
+    return asyncio.run(asyncio.wait_for(work, RESULT_TIMEOUT_SECONDS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -39,7 +40,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     service = open_service(settings_from(args))
-    result = service.chat(args.question, channel="cli", log_turn=args.log)
+    # The path /chat and the webhooks take (the turn is logged only with --log).
+    result = asyncio.run(service.achat(args.question, channel="cli", log_turn=args.log))
     body = chat_response(result, service)
     if args.json:
         print(json.dumps(body, ensure_ascii=False, indent=2))

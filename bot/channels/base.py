@@ -1,10 +1,11 @@
 """What every channel shares: the verification errors, the timestamp window, the idempotent
-path from a verified message to `FaqService.chat`, and background outbound delivery.
+path from a verified message to `FaqService.achat`, and background outbound delivery.
 
 A delivery goes: verify signature (401) -> timestamp window (403) -> exact-replay check for
 schemes that sign each delivery afresh (403) -> parse -> ignore what a bot should ignore ->
 claim the event id (a repeat gets the first answer again, or an empty acknowledgement, and never
-reaches the matcher) -> `FaqService.chat(text, channel=<platform>, session_id=<user id>)`.
+reaches the matcher) -> `FaqService.achat(text, channel=<platform>, session_id=<user id>)`, the
+path /chat takes, with its policies (a database that refuses the turn still gets an answer out).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, ClassVar
 
 from fastapi import Request, Response
 from pydantic import SecretStr
-from starlette.concurrency import run_in_threadpool
 
 from bot.api import chat_response
 from bot.channels.events import EventLog
@@ -129,7 +129,7 @@ class Channel(ABC):
             return Answer(EMPTY_MESSAGE_REPLY)
         self.require_ready()
         session = session_id[:MAX_SESSION_ID_CHARS] if session_id else None
-        result = await run_in_threadpool(service.chat, text, channel=self.name, session_id=session)
+        result = await service.achat(text, channel=self.name, session_id=session)
         body = chat_response(result, service)
         self.context.metrics.answers.labels("matched" if result.decision.matched else result.decision.reason,
                                             self.name).inc()
