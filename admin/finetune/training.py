@@ -244,7 +244,6 @@ def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], 
     Ctrl-C saves the weights as of the last finished step to checkpoints/interrupted and raises
     TrainingInterruptedError; the time budget and `max_steps` end training early but normally.
     """
-    import torch
     from tqdm import tqdm
 
     loss_fn = loss_function(model, config)
@@ -256,15 +255,7 @@ def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], 
     if planned == 0:
         raise CommandError(f"{len(rows)} training example(s) make no batch of two distinct intents; add more pairs")
     total = min(planned, config.max_steps) if config.max_steps else planned
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
-    warmup = max(1, int(total * config.warmup_ratio)) if total > 1 else 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer, scheduler = _optimizer(trainable, config, total)
     result = TrainResult(steps=0, planned_steps=planned, rows=len(rows), seconds=0.0, stopped_early=None,
                          trainable_parameters=sum(p.numel() for p in trainable))
     deadline = time.monotonic() + config.time_budget_minutes * 60 if config.time_budget_minutes else None
@@ -275,24 +266,15 @@ def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], 
     try:
         for epoch, batches in enumerate(epochs, 1):
             for batch in batches:
-                features, labels = _features(model, batch, config, query_prompt, kb_prompt)
-                loss_value = loss_fn(features, labels)
-                loss_value.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
+                loss_value = _step(model, loss_fn, batch, config, query_prompt, kb_prompt, trainable, optimizer)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 result.steps += 1
-                result.losses.append(float(loss_value.detach()))
+                result.losses.append(loss_value)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{np.mean(result.losses[-20:]):.4f}")
                 if bar.disable and show_progress and (result.steps % max(1, total // 20) == 0 or result.steps == total):
-                    # no terminal (nohup, a log file): a plain line every 5% so the log still shows progress and ETA
-                    elapsed = time.monotonic() - started
-                    eta = elapsed / result.steps * (total - result.steps)
-                    print(f"training: step {result.steps}/{total}, epoch {epoch}, loss "
-                          f"{np.mean(result.losses[-20:]):.4f}, {elapsed / 60:.1f} min elapsed, ETA {eta / 60:.1f} min",
-                          file=sys.stderr, flush=True)
+                    _progress_line(result, total, epoch, started)
                 if config.max_steps and result.steps >= config.max_steps:
                     result.stopped_early = f"--max-steps {config.max_steps}"
                 elif deadline and time.monotonic() > deadline:
@@ -317,3 +299,40 @@ def train(model: SentenceTransformer, base_dir: Path, rows: Sequence[TrainRow], 
     result.seconds = time.monotonic() - started
     save_model(model, Path(out_dir), base_dir)
     return result
+
+
+def _optimizer(trainable: list[Any], config: TrainConfig, total: int) -> tuple[Any, Any]:
+    """AdamW with linear warm-up then linear decay to 0 over `total` steps."""
+    import torch
+
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
+    warmup = max(1, int(total * config.warmup_ratio)) if total > 1 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _step(model: SentenceTransformer, loss_fn: Any, batch: Sequence[TrainRow], config: TrainConfig,
+          query_prompt: str, kb_prompt: str, trainable: list[Any], optimizer: Any) -> float:
+    """One optimiser step on one batch (gradients clipped to norm 1); the batch's loss."""
+    import torch
+
+    features, labels = _features(model, batch, config, query_prompt, kb_prompt)
+    loss_value = loss_fn(features, labels)
+    loss_value.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    return float(loss_value.detach())
+
+
+def _progress_line(result: TrainResult, total: int, epoch: int, started: float) -> None:
+    """No terminal (nohup, a log file): a plain line every 5% so the log still shows progress and ETA."""
+    elapsed = time.monotonic() - started
+    eta = elapsed / result.steps * (total - result.steps)
+    print(f"training: step {result.steps}/{total}, epoch {epoch}, loss "
+          f"{np.mean(result.losses[-20:]):.4f}, {elapsed / 60:.1f} min elapsed, ETA {eta / 60:.1f} min",
+          file=sys.stderr, flush=True)
