@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -80,7 +79,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from admin.web.app import build_app
+    from admin.web.app import build_app, serve_workers
     from bot.logging_setup import configure_logging
 
     settings = settings_from(args)
@@ -89,15 +88,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     index = ensure_index(settings, encoder, progress_factory=progress_bar("encoding the KB"))
     print(f"index {index.version}: {index.meta.n_faqs} FAQs; serving on http://{settings.host}:{settings.port}",
           file=sys.stderr)
-    # Workers are separate processes: hand them the effective settings through the environment.
-    os.environ["FAQBOT_KB"] = str(Path(settings.kb).resolve())
-    os.environ["FAQBOT_DATA_DIR"] = str(Path(settings.data_dir).resolve())
-    os.environ["FAQBOT_ENCODER"] = settings.encoder
-    os.environ["FAQBOT_WORKERS"] = str(settings.workers)  # each worker's share of the cores (encoder workers)
+    # Workers are separate processes: each gets these effective settings (paths made absolute).
+    settings = settings.model_copy(update={"kb": Path(settings.kb).resolve(),
+                                           "data_dir": Path(settings.data_dir).resolve()})
     if settings.workers > 1:
         del encoder, index  # each worker loads its own; the supervisor should not hold a model's memory too
-        uvicorn.run("admin.web.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level=settings.log_level, access_log=False)
+        serve_workers(settings)
     else:
         uvicorn.run(build_app(settings, encoder=encoder), host=settings.host, port=settings.port,
                     log_level=settings.log_level, access_log=False)

@@ -18,9 +18,26 @@ def build_app(settings: Settings | None = None, *, encoder: Encoder | None = Non
     return app
 
 
-def app_from_env() -> FastAPI:
-    """uvicorn factory for `faqbot serve --workers N` (settings come from FAQBOT_* set by the CLI), one per worker.
+class WorkerApp:
+    """The app factory of one worker of `faqbot serve --workers N`, carrying the supervisor's settings.
 
-    The supervisor has built the index already, so each worker only loads it, before it takes connections.
+    uvicorn pickles it into every worker process, so a worker serves exactly what the command was
+    given (flags over FAQBOT_*), and nothing passes through the environment. The supervisor has built
+    the index already: each worker only loads it, before it takes connections.
     """
-    return build_app(Settings(), load_before_serving=True)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self) -> FastAPI:
+        return build_app(self.settings, load_before_serving=True)
+
+
+def serve_workers(settings: Settings) -> None:
+    """Serve `settings.workers` worker processes on one socket (uvicorn's multiprocess supervisor)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(WorkerApp(settings), factory=True, host=settings.host, port=settings.port,
+                            workers=settings.workers, log_level=settings.log_level, access_log=False)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
