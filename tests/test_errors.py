@@ -1,5 +1,5 @@
 """One error tree, two renderings: bot.errors decides the HTTP status and body, admin.cli.main the
-CLI message and exit code, both from the error's kind (faq/errors.py)."""
+CLI message and exit code, both from the error's kind (faq/errors.py). And `faqbot` alone = `serve`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from admin.cli.main import report_error
+from admin.cli.main import main, report_error, with_default_command
 from admin.curation.kb_edit import EditConflictError, EditRefusedError, FaqNotFoundError
 from admin.errors import CommandError, UsageError
 from bot.batcher import OverloadedError
@@ -88,3 +88,16 @@ def test_the_cli_prints_one_message_and_exits_with_the_code_of_the_kind(error: F
                                                                         capsys: pytest.CaptureFixture) -> None:
     assert report_error(error) == code
     assert capsys.readouterr().err == printed
+
+
+def test_no_command_is_serve() -> None:
+    assert with_default_command([]) == ["serve"]
+    assert with_default_command(["--port", "9000"]) == ["serve", "--port", "9000"]
+    assert with_default_command(["ask", "x"]) == ["ask", "x"]
+    assert with_default_command(["--help"]) == ["--help"]
+
+
+def test_faqbot_with_only_serve_options_runs_serve(capsys: pytest.CaptureFixture) -> None:
+    # --host is an option of `serve` alone: without the default command argparse would refuse it (exit 2)
+    assert main(["--host", "127.0.0.1", "--encoder", "no-such-encoder"]) == 1
+    assert "faqbot: error: unknown encoder 'no-such-encoder'" in capsys.readouterr().err

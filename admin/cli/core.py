@@ -128,7 +128,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve the HTTP API (builds the index first if missing)")
+    p = sub.add_parser("serve", help="serve the HTTP API (builds the index first if missing); the default command")
     add_common(p, server=True)
     p.set_defaults(func=cmd_serve)
 

@@ -1,5 +1,7 @@
 """`faqbot`: the parser of every command, and the one place errors become messages and exit codes.
 
+`faqbot` with no command (or with only options, `faqbot --port 9000`) runs `serve`, as datasette does.
+
 A domain error never ends in a traceback: it is printed as one readable message and exits with the
 code of its kind (faq/errors.py draws the tree):
 
@@ -26,16 +28,26 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+DEFAULT_COMMAND = "serve"
 # The kinds whose code the HTTP API answers with: the CLI shows the same code.
 API_KINDS = (InvalidInputError, NotFoundError, ConflictError, UnavailableError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faqbot", description="Chinese-first FAQ intent-matching chatbot.")
+    parser = argparse.ArgumentParser(prog="faqbot", description="Chinese-first FAQ intent-matching chatbot. "
+                                     f"With no command, `{DEFAULT_COMMAND}`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in (core, quality, curation, models, finetune, loadtest):
         group.register(sub)
     return parser
+
+
+def with_default_command(argv: Sequence[str]) -> list[str]:
+    """`serve` in front when no command is named: nothing at all, or options only (not -h/--help)."""
+    argv = list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        return [DEFAULT_COMMAND, *argv]
+    return argv
 
 
 def report_error(exc: FaqbotError) -> int:
@@ -62,10 +74,7 @@ def _located(details: object) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
+    args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args) or EXIT_OK)
     except FaqbotError as exc:
