@@ -1,4 +1,4 @@
-"""The in-memory knowledge base (FAQ YAML version 1, see docs/DESIGN.md)."""
+"""The in-memory knowledge base (FAQ YAML version 1, see docs/architecture.md, "The FAQ YAML")."""
 
 from __future__ import annotations
 

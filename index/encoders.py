@@ -1,4 +1,4 @@
-"""Encoder backends behind one small interface (docs/DESIGN.md "Encoders").
+"""Encoder backends behind one small interface (docs/architecture.md, "index").
 
 Every backend returns L2-normalised float32 rows and names itself with a `fingerprint` (backend,
 weights hash, KB-side prefix) so an index built by one encoder is never searched with another.
