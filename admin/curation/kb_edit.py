@@ -155,7 +155,7 @@ def _load_kb_or_raise(kb_path: Path) -> KnowledgeBase:
         return load_kb(kb_path)
     except KBError as exc:
         raise EditRefusedError("invalid_kb", f"the knowledge base has {len(exc.problems)} problem(s); fix them first",
-                          [p.as_dict() for p in exc.problems]) from exc
+                               [p.as_dict() for p in exc.problems]) from exc
 
 
 def _commit(doc: _Document, kb_path: Path, new_text: str) -> KnowledgeBase:
@@ -169,7 +169,7 @@ def _commit(doc: _Document, kb_path: Path, new_text: str) -> KnowledgeBase:
         else:
             doc.path.unlink(missing_ok=True)
         raise EditRefusedError("invalid_edit", "the edit would break the knowledge base; nothing was changed",
-                          [p.as_dict() for p in exc.problems]) from exc
+                               [p.as_dict() for p in exc.problems]) from exc
 
 
 def clean_text(text: str, field_name: str) -> str:
@@ -212,8 +212,8 @@ def _split_new_texts(kb: KnowledgeBase, faq_id: str | None, texts: Sequence[str]
             skipped.append(text)
         else:
             raise EditConflictError("text_in_other_faq",
-                              f"“{text}” is already a question of FAQ {owner.id!r} ({owner.source}:{owner.line}); "
-                              "attaching it to another FAQ would make the two indistinguishable")
+                                    f"“{text}” is already a question of FAQ {owner.id!r} ({owner.source}:{owner.line}); "
+                                    "attaching it to another FAQ would make the two indistinguishable")
     return added, skipped
 
 

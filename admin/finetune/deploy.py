@@ -68,7 +68,7 @@ def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, serve_as: 
     """
     if settings.encoder not in ("auto", "bundled"):
         raise CommandError(f"FAQBOT_ENCODER/--encoder is {settings.encoder!r}: a deployed model replaces only the defaults "
-                       f"`auto`/`bundled`; unset it, or set it to sentence-transformers:{out_dir} yourself")
+                           f"`auto`/`bundled`; unset it, or set it to sentence-transformers:{out_dir} yourself")
     spec = f"sentence-transformers:{Path(out_dir).resolve()}"
     if serve_as == "onnx":
         from index.onnx_export import export_onnx
@@ -97,7 +97,7 @@ def deploy(settings: Settings, out_dir: Path, after: ModelFigures, *, serve_as: 
         else:
             path.write_bytes(previous)
         raise CommandError(f"the configured encoder ({settings.encoder!r}) does not pick up a deployed model; "
-                       f"set FAQBOT_ENCODER=sentence-transformers:{Path(out_dir).resolve()} yourself")
+                           f"set FAQBOT_ENCODER=sentence-transformers:{Path(out_dir).resolve()} yourself")
     encoder = load_encoder(encoder_spec(settings))
     calibration = after.calibration
     if encoder.fingerprint != after.fingerprint:  # e.g. the int8 ONNX file: its cosines differ slightly

@@ -185,7 +185,6 @@ def report_markdown(*, command: str, base_dir: Path, out_dir: Path, config: Trai
     return "\n".join(lines)
 
 
-
 def print_comparison(before: ModelFigures, after: ModelFigures) -> None:
     print("                                   base    fine-tuned")
     for name, old in before.faq.items():

@@ -43,7 +43,6 @@ class TrainingInterruptedError(FaqbotError):
         self.checkpoint = checkpoint
 
 
-
 # --- the base model -----------------------------------------------------------------------------
 
 
@@ -54,9 +53,8 @@ def resolve_base(base: str, data_dir: Path, *, progress: bool = True) -> Path:
     path = Path(base)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise CommandError(f"--base {base}: not 'bundled' nor a model directory (need config.json + weights; "
-                       "a sentence-transformers dir, e.g. from `faqbot model export-bundled`)")
+                           "a sentence-transformers dir, e.g. from `faqbot model export-bundled`)")
     return path.resolve()
-
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -59,14 +59,12 @@ class CalibrationPairs:
         return names + (f"; threshold from {self.threshold_from} alone" if self.threshold_sets else "")
 
 
-
 def sample_pairs(pairs: Sequence[LabelledPair], max_pairs: int | None) -> list[LabelledPair]:
     """A seeded sample (file order kept), as `read_pair_files` samples."""
     if max_pairs is None or len(pairs) <= max_pairs:
         return list(pairs)
     keep = sorted(random.Random(PAIR_SAMPLE_SEED).sample(range(len(pairs)), max_pairs))
     return [pairs[i] for i in keep]
-
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def fit_calibration(encoder: Encoder, settings: Settings, calibrate_sets: Calibr
                                     progress=progress_bar("calibrating (KB)")(2 * len(kb.texts())))
     except CalibrationDataError as exc:
         raise CommandError(f"cannot recalibrate: {exc} (give --calibrate-pairs FILE.tsv with 0/1 labelled pairs "
-                       "the model does not train on, or --holdout 0.2 of a labelled training file)") from exc
+                           "the model does not train on, or --holdout 0.2 of a labelled training file)") from exc
     return fit.calibration
 
 
