@@ -243,7 +243,8 @@ class Phase:
     server_profile: dict[str, float] = field(default_factory=dict)
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The value at share `q` (0..1) of an ascending list, nearest rank (0 for an empty list)."""
     if not sorted_values:
         return 0.0
     rank = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
@@ -288,7 +289,7 @@ async def _load(base: str, next_question: Iterator[str], concurrency: int, secon
     latencies.sort()
     phase.requests = len(latencies) + phase.errors
     phase.rps = len(latencies) / elapsed
-    phase.p50_ms, phase.p95_ms, phase.p99_ms = (_percentile(latencies, q) * 1000 for q in (0.50, 0.95, 0.99))
+    phase.p50_ms, phase.p95_ms, phase.p99_ms = (percentile(latencies, q) * 1000 for q in (0.50, 0.95, 0.99))
 
 
 def _scrape(base: str) -> dict[str, float]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from admin.loadtest.bench import percentile
 from admin.loadtest.local_server import faqbot_server
 from bot.settings import Settings
 from faq import KBError, load_kb
@@ -71,13 +72,6 @@ class SoakReport:
             f"  miss log   {self.miss_ids} miss ids acknowledged, {self.stored} found in the database: {verdict}"
             + (f"  ({self.misses_not_logged} answered with miss_logged=false)" if self.misses_not_logged else ""),
         ]
-
-
-def _percentile(sorted_values: list[float], share: float) -> float:
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(share * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 def kb_questions(settings: Settings) -> list[str]:
@@ -149,7 +143,7 @@ async def run_load(base: str, *, duration: float, concurrency: int, questions: l
     latencies.sort()
     report.duration_seconds = elapsed
     report.requests_per_second = report.requests / elapsed if elapsed else 0.0
-    report.p50_ms, report.p90_ms, report.p99_ms = (_percentile(latencies, q) * 1000 for q in (0.5, 0.9, 0.99))
+    report.p50_ms, report.p90_ms, report.p99_ms = (percentile(latencies, q) * 1000 for q in (0.5, 0.9, 0.99))
     report.max_ms = latencies[-1] * 1000 if latencies else 0.0
     report.miss_ids = len(miss_ids)
     return report, miss_ids
