@@ -1,7 +1,9 @@
-"""Cosine -> readable percent, and the default threshold, per encoder.
+"""Cosine -> readable percent, the answer decision's model, and the fallback threshold, per encoder.
 
 A `Calibration` is a monotone piecewise-linear map through knots (cosine, percent), clamped to
-0..100, plus the default threshold (a cosine) and the ambiguity margin. It is stored in the index
+0..100 (what /similarity reports), the confidence model the bot decides with (index.confidence;
+None for an encoder nobody fitted one for), plus the cosine threshold and ambiguity margin used
+when there is no confidence model or a KB sets a threshold. It is stored in the index
 metadata, so every score an index gives is read the same way. `faqbot calibrate` fits one
 (admin.quality.calibrate); the one for the bundled encoder ships in `index/calibrations/` so a fresh
 install reads scores correctly before anyone calibrates (how it was made: docs/quality.md).
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from faq.errors import FaqbotError
+from index.confidence import ConfidenceModel
 
 CALIBRATION_DIR = Path(__file__).with_name("calibrations")
 SCOPE_SHIPPED = "shipped"
@@ -44,6 +47,7 @@ class Calibration:
     margin: float = 0.0
     source: str = "uncalibrated: percent = 100 x cosine"
     extra: dict[str, object] = field(default_factory=dict)
+    confidence: ConfidenceModel | None = None
 
     def __post_init__(self) -> None:
         # Refuse a map that could read a higher cosine as a lower percent, or leave 0..100:
@@ -95,6 +99,7 @@ class Calibration:
         data = asdict(self)
         data["knots_cosine"] = list(self.knots_cosine)
         data["knots_percent"] = list(self.knots_percent)
+        data["confidence"] = self.confidence.to_dict() if self.confidence else None
         return data
 
     @classmethod
@@ -106,6 +111,7 @@ class Calibration:
             margin=float(data.get("margin", 0.0)),  # type: ignore[arg-type]
             source=str(data.get("source", "")),
             extra=dict(data.get("extra", {}) or {}),  # type: ignore[call-overload]
+            confidence=ConfidenceModel.from_dict(data["confidence"]) if data.get("confidence") else None,  # type: ignore[arg-type]
         )
 
 

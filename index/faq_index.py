@@ -29,11 +29,15 @@ import numpy as np
 from faq import FAQ, KnowledgeBase
 from faq.errors import FaqbotError
 from index.calibration import Calibration, default_calibration
+from index.confidence import REST_DEPTH, fused_scores, ranking_features
 from index.datadir import DataDir
 from index.encoders import Encoder, encode_in_chunks
+from index.lexical import LexicalIndex
 
 FORMAT_VERSION = 1
 KEEP_VERSIONS = 3
+CANDIDATE_ROWS = 256  # dense rows fetched per query before the hybrid re-ranking
+CANDIDATE_FAQS = 48  # distinct FAQs among them that are re-scored with their lexical score
 
 
 class IndexUnavailableError(FaqbotError):
@@ -55,6 +59,26 @@ class Hit:
     faq_id: str
     similarity: float
     matched_text: str
+
+
+@dataclass(frozen=True)
+class RankedFaq:
+    """One FAQ in a hybrid ranking: best dense cosine, best character cosine, and their fused score."""
+
+    faq_id: str
+    similarity: float
+    lexical: float
+    score: float
+    matched_text: str
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A query's FAQs, best fused score first, and the confidence that the first is right (None: no model)."""
+
+    faqs: tuple[RankedFaq, ...]
+    confidence: float | None
+    features: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,8 @@ class FaqIndex:
         self.row_faq = np.asarray(row_faq, dtype=np.int64)
         self.row_text = list(row_text)
         self.vectors = vectors
+        self._lexical: LexicalIndex | None = None
+        self._faq_rows = [np.flatnonzero(self.row_faq == i) for i in range(len(self.faqs))]
         self._rows_by_tag: dict[str, np.ndarray] = {}
         for tag in {t for f in self.faqs for t in f.tags}:
             faq_rows = {i for i, f in enumerate(self.faqs) if tag in f.tags}
@@ -126,23 +152,100 @@ class FaqIndex:
     def calibration(self) -> Calibration:
         return self.meta.calibration
 
-    def search(self, queries: np.ndarray, top_k: int = 3, tags: Sequence[str] | None = None) -> list[list[Hit]]:
-        """Top-k distinct FAQs per query row (an FAQ scores by its best vector)."""
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The character index of the row texts, built on first use (a few ms per thousand texts)."""
+        if self._lexical is None:
+            self._lexical = LexicalIndex(self.row_text)
+        return self._lexical
+
+    def _dense_rows(self, queries: np.ndarray, k_rows: int, tags: Sequence[str] | None,
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """FAISS's best `k_rows` rows per query (within `tags`), or None when no row is allowed."""
         n_rows = self.vectors.ntotal
         if n_rows == 0 or len(queries) == 0:
-            return [[] for _ in range(len(queries))]
+            return None
         params = None
         allowed = n_rows
         if tags:
             rows = np.unique(np.concatenate([self._rows_by_tag.get(t, np.zeros(0, np.int64)) for t in tags]))
             if rows.size == 0:
-                return [[] for _ in range(len(queries))]
+                return None
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
             allowed = int(rows.size)
-        # Several texts per FAQ: fetch enough rows that top_k distinct FAQs are almost always among them.
-        k_rows = min(allowed, max(top_k * 8, 32))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, ids = self.vectors.search(queries, k_rows, params=params)
+        return self.vectors.search(queries, min(allowed, k_rows), params=params)
+
+    def rank(self, queries: np.ndarray, texts: Sequence[str], *, depth: int = REST_DEPTH,
+             tags: Sequence[str] | None = None) -> list[Ranking]:
+        """The hybrid ranking of each query (dense cosine + the calibration's weight of the character score),
+        `depth` FAQs deep, with the calibrated confidence that its first FAQ is the right one.
+
+        Without a confidence model in the calibration it is the dense ranking and confidence is None.
+        """
+        model = self.calibration.confidence
+        found = self._dense_rows(queries, max(CANDIDATE_ROWS, depth * 8), tags)
+        if found is None:
+            return [self._ranking([], np.zeros(0), np.zeros(0), []) for _ in range(len(queries))]
+        weight = model.lexical_weight if model else 0.0
+        lexical_queries = self.lexical.queries(texts) if weight > 0 else None
+        rankings = []
+        for i, (row_scores, row_ids) in enumerate(zip(*found, strict=True)):
+            positions, dense, matched = self._best_rows(row_scores, row_ids, CANDIDATE_FAQS if weight > 0 else depth)
+            lexical = self._faq_lexical(lexical_queries[i], positions) if lexical_queries is not None else np.zeros(len(positions))
+            fused = fused_scores(dense, lexical, weight)
+            order = np.argsort(-fused, kind="stable")
+            rankings.append(self._ranking([positions[j] for j in order], dense[order], lexical[order],
+                                          [matched[j] for j in order], fused[order], depth))
+        return rankings
+
+    def _best_rows(self, row_scores: np.ndarray, row_ids: np.ndarray, limit: int,
+                   ) -> tuple[list[int], np.ndarray, list[str]]:
+        """Distinct FAQ positions in dense order (an FAQ scores by its best text), at most `limit`."""
+        positions: list[int] = []
+        dense: list[float] = []
+        matched: list[str] = []
+        seen: set[int] = set()
+        for score, row in zip(row_scores, row_ids, strict=True):
+            if row < 0:
+                continue
+            faq_pos = int(self.row_faq[row])
+            if faq_pos in seen:
+                continue
+            seen.add(faq_pos)
+            positions.append(faq_pos)
+            dense.append(min(1.0, float(score)))
+            matched.append(self.row_text[row])
+            if len(positions) == limit:
+                break
+        return positions, np.asarray(dense, dtype=np.float64), matched
+
+    def _faq_lexical(self, query: Any, positions: Sequence[int]) -> np.ndarray:
+        """Each FAQ's best character cosine over all its texts."""
+        if not positions:
+            return np.zeros(0)
+        groups = [self._faq_rows[p] for p in positions]
+        scores = self.lexical.scores(query, np.concatenate(groups))
+        starts = np.cumsum([0] + [len(g) for g in groups[:-1]])
+        return np.maximum.reduceat(scores, starts).astype(np.float64)
+
+    def _ranking(self, positions: Sequence[int], dense: np.ndarray, lexical: np.ndarray, matched: Sequence[str],
+                 fused: np.ndarray | None = None, depth: int = REST_DEPTH) -> Ranking:
+        fused = dense if fused is None else fused
+        model = self.calibration.confidence
+        features = ranking_features(dense, lexical, fused, len(self.faqs))
+        confidence = float(model.confidence(features)[0]) if model and len(positions) else None
+        faqs = tuple(RankedFaq(self.faqs[p].id, float(dense[j]), float(lexical[j]), float(fused[j]), matched[j])
+                     for j, p in enumerate(positions[:depth]))
+        return Ranking(faqs, confidence, features)
+
+    def search(self, queries: np.ndarray, top_k: int = 3, tags: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Top-k distinct FAQs per query row by dense cosine alone (an FAQ scores by its best vector)."""
+        # Several texts per FAQ: fetch enough rows that top_k distinct FAQs are almost always among them.
+        found = self._dense_rows(queries, max(top_k * 8, 32), tags)
+        if found is None:
+            return [[] for _ in range(len(queries))]
+        scores, ids = found
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
             hits: list[Hit] = []
