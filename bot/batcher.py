@@ -281,6 +281,7 @@ class MicroBatcher:
             assert spec is not None
             try:
                 decisions = spec.matcher.match_vectors(np.concatenate([slices[i] for i in members]),
+                                                       [t for i in members for t in batch[i].texts],
                                                        top_k=spec.top_k, tags=spec.tags)
             except Exception as exc:  # a search failure fails only its group
                 for i in members:

@@ -7,12 +7,12 @@ the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from faq import FAQ
-from index.faq_index import FaqIndex, Hit
+from index.faq_index import FaqIndex, RankedFaq, Ranking
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Candidate:
     question: str
     similarity: float
     percent: float
+    score: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return {"faq_id": self.faq_id, "question": self.question, "similarity": round(self.similarity, 4),
@@ -31,16 +32,20 @@ class Candidate:
 class Decision:
     """What the bot concluded for one question.
 
-    `matched` is true only when the best FAQ clears its threshold and no other FAQ is too close to
-    call; `clarify` lists the close contenders in the ambiguous case.
+    `matched` is true only when the best FAQ clears the line that applies to it and no other FAQ is
+    too close to call; `clarify` lists the close contenders in the ambiguous case. The line is
+    either a confidence (`min_confidence`, the default when the encoder has a confidence model) or
+    a cosine (`threshold`, when a KB, FAQ or FAQBOT_THRESHOLD sets one); the other is None.
     """
 
     matched: bool
     faq: FAQ | None
     best: Candidate | None
     candidates: tuple[Candidate, ...]
-    threshold: float
+    threshold: float | None
     clarify: tuple[Candidate, ...] = ()
+    confidence: float | None = None
+    min_confidence: float | None = None
 
     @property
     def reason(self) -> str:
@@ -50,51 +55,73 @@ class Decision:
 
 
 class Matcher:
-    """Applies thresholds (per-FAQ > KB default > configured > calibrated) and the ambiguity margin."""
+    """Decides on the hybrid ranking of the index.
+
+    Which line applies to the top FAQ, first that is set: its own `threshold` (cosine), the KB's
+    `defaults.threshold`, FAQBOT_THRESHOLD, FAQBOT_MIN_CONFIDENCE, the confidence model's own
+    `min_confidence`, and last the calibration's cosine threshold (encoders without a model).
+    """
 
     def __init__(self, index: FaqIndex, *, threshold: float | None = None, kb_default_threshold: float | None = None,
-                 margin: float | None = None) -> None:
+                 margin: float | None = None, min_confidence: float | None = None) -> None:
         self.index = index
-        self.default_threshold = next(
-            t for t in (kb_default_threshold, threshold, index.calibration.threshold) if t is not None
-        )
-        self.margin = index.calibration.margin if margin is None else margin
+        model = index.calibration.confidence
+        self.cosine_threshold = kb_default_threshold if kb_default_threshold is not None else threshold
+        if self.cosine_threshold is None and model is not None:
+            self.min_confidence: float | None = model.min_confidence if min_confidence is None else min_confidence
+        else:
+            self.min_confidence = None
+        self.default_threshold = self.cosine_threshold if self.cosine_threshold is not None else index.calibration.threshold
+        by_confidence = self.min_confidence is not None
+        self.margin = (model.margin if by_confidence and model else index.calibration.margin) if margin is None else margin
 
-    def threshold_for(self, faq: FAQ | None) -> float:
+    def threshold_for(self, faq: FAQ | None) -> float | None:
+        """The cosine line for this FAQ, or None when the confidence decides for it."""
         if faq is not None and faq.threshold is not None:
             return faq.threshold
-        return self.default_threshold
+        return None if self.min_confidence is not None else self.default_threshold
 
-    def candidate(self, hit: Hit) -> Candidate:
-        faq = self.index.faq_by_id[hit.faq_id]
-        return Candidate(hit.faq_id, faq.question, hit.similarity, float(self.index.calibration.percent(hit.similarity)))
+    def candidate(self, ranked: RankedFaq) -> Candidate:
+        faq = self.index.faq_by_id[ranked.faq_id]
+        return Candidate(ranked.faq_id, faq.question, ranked.similarity,
+                         float(self.index.calibration.percent(ranked.similarity)), ranked.score)
 
-    def decide(self, hits: Sequence[Hit]) -> Decision:
-        candidates = tuple(self.candidate(h) for h in hits)
+    def _clears(self, candidate: Candidate, confidence: float | None) -> bool:
+        threshold = self.threshold_for(self.index.faq_by_id[candidate.faq_id])
+        if threshold is not None:
+            return candidate.similarity >= threshold
+        assert self.min_confidence is not None
+        return confidence is not None and confidence >= self.min_confidence
+
+    def decide(self, ranking: Ranking) -> Decision:
+        candidates = tuple(self.candidate(r) for r in ranking.faqs)
+        confidence = ranking.confidence
         if not candidates:
-            return Decision(False, None, None, (), self.default_threshold)
+            return Decision(False, None, None, (), self.threshold_for(None), confidence=None,
+                            min_confidence=self.min_confidence)
         best = candidates[0]
         best_faq = self.index.faq_by_id[best.faq_id]
         threshold = self.threshold_for(best_faq)
-        if best.similarity < threshold:
-            return Decision(False, None, best, candidates, threshold)
-        close = tuple(
-            c for c in candidates[1:]
-            if c.similarity >= self.threshold_for(self.index.faq_by_id[c.faq_id])
-            and best.similarity - c.similarity < self.margin
-        )
+        line = {"threshold": threshold, "confidence": confidence,
+                "min_confidence": self.min_confidence if threshold is None else None}
+        if not self._clears(best, confidence):
+            return Decision(False, None, best, candidates, **line)
+        if threshold is not None:  # the cosine rule: contenders that clear their own line and sit within the margin
+            close = tuple(c for c in candidates[1:] if self._clears(c, None) and best.similarity - c.similarity < self.margin)
+        else:  # the confidence rule: contenders whose fused score sits within the margin
+            close = tuple(c for c in candidates[1:] if best.score - c.score < self.margin)
         if close:
-            return Decision(False, None, best, candidates, threshold, clarify=(best, *close))
-        return Decision(True, best_faq, best, candidates, threshold)
+            return Decision(False, None, best, candidates, clarify=(best, *close), **line)
+        return Decision(True, best_faq, best, candidates, **line)
 
-    def match_vectors(self, vectors: np.ndarray, *, top_k: int = 3, tags: Sequence[str] | None = None) -> list[Decision]:
-        # Always look a little deeper than asked, so the ambiguity check sees the runner-up.
-        hits = self.index.search(vectors, top_k=max(top_k, 3), tags=tags)
-        return [self._trim(self.decide(h), top_k) for h in hits]
+    def match_vectors(self, vectors: np.ndarray, texts: Sequence[str], *, top_k: int = 3,
+                      tags: Sequence[str] | None = None) -> list[Decision]:
+        """Decisions for query vectors and their (cleaned) texts, which the lexical half of the ranking reads."""
+        rankings = self.index.rank(vectors, texts, tags=tags)
+        return [self._trim(self.decide(r), top_k) for r in rankings]
 
     @staticmethod
     def _trim(decision: Decision, top_k: int) -> Decision:
         if len(decision.candidates) <= top_k:
             return decision
-        return Decision(decision.matched, decision.faq, decision.best, decision.candidates[:top_k],
-                        decision.threshold, decision.clarify)
+        return replace(decision, candidates=decision.candidates[:top_k])

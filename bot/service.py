@@ -52,6 +52,12 @@ T = TypeVar("T")
 RESULT_TIMEOUT_SECONDS = 60.0
 
 
+def matcher_for(index: FaqIndex, settings: Settings) -> Matcher:
+    """The matcher /chat decides with for `index` under these settings (also the reload gate's)."""
+    return Matcher(index, threshold=settings.threshold, kb_default_threshold=index.meta.kb_default_threshold,
+                   min_confidence=settings.min_confidence)
+
+
 def deployed_encoder(data_dir: Path) -> str | None:
     """The encoder spec `faqbot finetune --deploy` recorded in the data dir (`models/active.json`), if any.
 
@@ -203,7 +209,7 @@ class FaqService:
     def use_index(self, index: FaqIndex) -> None:
         """Swap in a new live index atomically (readers keep the one they started with)."""
         check_compatible(index, self.encoder)
-        matcher = Matcher(index, threshold=self.settings.threshold, kb_default_threshold=index.meta.kb_default_threshold)
+        matcher = matcher_for(index, self.settings)
         exact = ExactMatches(index) if self._exact_enabled else None
         with self._swap_lock:
             self._exact = exact
@@ -406,7 +412,7 @@ class FaqService:
         key = match_key(clean)
         vector = self._known_vector(key)
         if vector is not None:
-            return key, matcher.match_vectors(vector[None, :], top_k=top_k, tags=tags)[0]
+            return key, matcher.match_vectors(vector[None, :], [clean], top_k=top_k, tags=tags)[0]
         if self._batching():
             return key, self._submit([clean], SearchSpec(matcher, top_k, tuple(tags) if tags else None))
         return key, None
@@ -426,7 +432,7 @@ class FaqService:
         self._count("encoder")
         vector = self.encoder.encode_queries([clean])
         self.cache.put(key, vector[0])
-        return matcher.match_vectors(vector, top_k=top_k, tags=tags)[0]
+        return matcher.match_vectors(vector, [clean], top_k=top_k, tags=tags)[0]
 
     async def _log_turn(self, result: ChatResult, channel: str, session_id: str | None) -> None:
         """Log the turn (and the miss, if it was one) into `result`; a refusing database is logged, not raised."""

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
         50.0, ge=0, le=5000, description="Chat-log rows are committed in batches at most this long after they arrive; misses commit at once."
     )
     threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Cosine threshold for answering; empty = the KB's `defaults.threshold`, else the calibrated one."
+        None, ge=0.0, le=1.0, description="Cosine threshold for answering instead of the confidence rule; empty = the KB's `defaults.threshold`, else the confidence rule."
+    )
+    min_confidence: float | None = Field(
+        None, ge=0.0, le=100.0, description="Answer when the confidence (0-100, the measured chance the answer is right) reaches this; empty = the calibration's (50)."
     )
     top_k: int = Field(3, ge=1, le=20, description="How many alternatives /chat returns by default.")
     max_message_chars: int = Field(1000, ge=1, le=100_000, description="Longest accepted message, in characters (longer: HTTP 422).")

@@ -227,9 +227,10 @@ def test_worker_limits_faiss_to_one_thread_on_itself() -> None:
 class CountingMatcher(Matcher):
     searches: int = 0
 
-    def match_vectors(self, vectors: np.ndarray, *, top_k: int = 3, tags: Sequence[str] | None = None) -> list:
+    def match_vectors(self, vectors: np.ndarray, texts: Sequence[str], *, top_k: int = 3,
+                      tags: Sequence[str] | None = None) -> list:
         type(self).searches += 1
-        return super().match_vectors(vectors, top_k=top_k, tags=tags)
+        return super().match_vectors(vectors, texts, top_k=top_k, tags=tags)
 
 
 def test_a_batch_is_searched_in_one_faiss_call_per_group(tiny_kb: Path) -> None:
@@ -257,7 +258,7 @@ def test_a_batch_is_searched_in_one_faiss_call_per_group(tiny_kb: Path) -> None:
         batcher.stop()
     assert CountingMatcher.searches == 2  # one for the untagged group, one for tags=("billing",)
     for question, decision in zip(questions, decisions, strict=True):
-        expected = reference.match_vectors(encoder.vector(question)[None, :], top_k=3)[0]
+        expected = reference.match_vectors(encoder.vector(question)[None, :], [question], top_k=3)[0]
         assert decision == expected
     assert all(c.faq_id == "invoice" for c in tagged_decision.candidates)
 

@@ -113,7 +113,7 @@ def test_a_faq_text_skips_the_encoder_and_decides_like_the_encoder(make_settings
     fast = service.chat("可以开票吗？", log_turn=False).decision  # normalises to the KB paraphrase "可以开票吗"
     assert encoder.calls == []
     assert service.vector_sources == {"exact": 1, "cache": 0, "encoder": 0}
-    slow = service.matcher.match_vectors(encoder.vector("可以开票吗")[None, :], top_k=3)[0]
+    slow = service.matcher.match_vectors(encoder.vector("可以开票吗")[None, :], ["可以开票吗"], top_k=3)[0]
     assert fast == slow
     assert fast.matched and fast.faq is not None and fast.faq.id == "invoice"
     assert fast.best is not None and fast.best.similarity == pytest.approx(1.0, abs=1e-5)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from admin.cli.common import add_common, configured_encoder, open_service, settings_from
 from bot.api import chat_response
+from bot.matcher import Decision
 from bot.service import FaqService, build_and_publish, ensure_index, previous_calibration
 from bot.settings import Settings
 from faq import load_kb
@@ -37,6 +38,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reading(decision: Decision) -> str:
+    """The number the decision was taken on, against its line: confidence, or cosine for a threshold rule."""
+    assert decision.best is not None
+    cosine = f"cosine {decision.best.similarity:.4f}"
+    if decision.threshold is not None:
+        return f"{decision.best.percent:.1f}% ({cosine}, threshold {decision.threshold:.4f})"
+    return f"confidence {decision.confidence:.1f} (answers at >= {decision.min_confidence:g}; {cosine})"
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     service = open_service(settings_from(args))
     # The path /chat and the webhooks take (the turn is logged only with --log).
@@ -47,14 +57,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return 0
     decision = result.decision
     if decision.matched and decision.faq and decision.best:
-        print(f"✔ {decision.faq.question}  [{decision.faq.id}]  {decision.best.percent:.1f}% "
-              f"(cosine {decision.best.similarity:.4f}, threshold {decision.threshold:.4f})")
+        print(f"✔ {decision.faq.question}  [{decision.faq.id}]  {_reading(decision)}")
         print(decision.faq.answer)
     else:
         print(f"✘ {body['answer']}")
         if decision.best:
-            print(f"  closest: {decision.best.question} [{decision.best.faq_id}] {decision.best.percent:.1f}% "
-                  f"(cosine {decision.best.similarity:.4f} < threshold {decision.threshold:.4f})")
+            print(f"  closest: {decision.best.question} [{decision.best.faq_id}] {_reading(decision)}")
     for alt in body["alternatives"][: args.top_k]:
         if decision.matched:
             print(f"  also: {alt['question']} [{alt['faq_id']}] {alt['percent']:.1f}%")

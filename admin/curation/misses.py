@@ -150,7 +150,7 @@ def cluster_misses(service: FaqService, rows: Sequence[dict[str, Any]], *, cache
                 continue
         leaders.append(i)
         members.append([i])
-    decisions = matcher.match_vectors(vectors[leaders], top_k=top_k) if leaders else []
+    decisions = matcher.match_vectors(vectors[leaders], [variants[i].text for i in leaders], top_k=top_k) if leaders else []
     clusters = []
     for leader, group, decision in zip(leaders, members, decisions, strict=True):
         lead = variants[leader]

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.matcher import Matcher
-from bot.service import FaqService
+from bot.service import FaqService, matcher_for
 from faq import KBError, KnowledgeBase, load_kb
 from faq.errors import ConflictError, FaqbotError, InvalidInputError
 from faq.golden import GoldenCase, golden_file, load_golden
@@ -70,8 +69,7 @@ def run_golden(cases: Sequence[GoldenCase], index: FaqIndex, service: FaqService
         return []
     if vectors is None:
         vectors = service.encode_queries([c.query for c in cases])
-    matcher = Matcher(index, threshold=service.settings.threshold, kb_default_threshold=index.meta.kb_default_threshold)
-    decisions = matcher.match_vectors(vectors, top_k=3)
+    decisions = matcher_for(index, service.settings).match_vectors(vectors, [c.query for c in cases], top_k=3)
     return [
         GoldenResult(c.query, c.expected, d.faq.id if d.matched and d.faq else None,
                      d.best.percent if d.best else None, c.line)
