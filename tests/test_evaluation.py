@@ -126,7 +126,7 @@ def test_evaluate_faq_equals_hand_computed_values():
     matcher = Matcher(build_index(hand_kb(), encoder), threshold=threshold, margin=0.0)
     for query_result in result.results:
         vector = encoder.encode_queries([query_result.query])
-        assert matcher.match_vectors(vector)[0].matched == query_result.decision.matched
+        assert matcher.match_vectors(vector, [query_result.query])[0].matched == query_result.decision.matched
 
 
 def test_margin_turns_close_calls_into_clarify_questions():
@@ -207,7 +207,7 @@ def test_faqbot_eval_on_tiny_benchmark(tiny_kb: Path, tmp_path: Path, capsys, bu
     # The same figure by hand from the real matcher: what /chat would answer for each query.
     index = build_index(load_kb(tiny_kb), bundled_encoder)
     matcher = Matcher(index)
-    decisions = matcher.match_vectors(bundled_encoder.encode_queries([q for q, _ in rows]))
+    decisions = matcher.match_vectors(bundled_encoder.encode_queries([q for q, _ in rows]), [q for q, _ in rows])
     right = sum((d.matched and d.faq.id == e) if e else not d.matched for d, (_, e) in zip(decisions, rows, strict=True))
     assert summary["overall_accuracy"] == pytest.approx(right / len(rows), abs=1e-4)
     assert summary["threshold"] == pytest.approx(index.calibration.threshold, abs=1e-4)

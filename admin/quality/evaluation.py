@@ -15,6 +15,7 @@ also be fed from simulations (admin.quality.calibrate) and from the fine-tuning 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -420,6 +421,27 @@ class FaqEvalResult:
     calibration: Calibration
     unknown_expected: tuple[str, ...] = ()
     results: list[QueryResult] = field(default_factory=list)
+    min_confidence: float | None = None
+    confidences: np.ndarray | None = None  # per query, None without a confidence model
+    top_right: np.ndarray | None = None  # per query: the top FAQ of the ranking is the expected one
+
+    def confidence_sweep(self, step: float = 5.0) -> list[tuple[float, float, float]]:
+        """(min_confidence, overall accuracy, out-of-scope refused) at each line, ignoring per-FAQ thresholds."""
+        if self.confidences is None or self.top_right is None:
+            return []
+        in_scope = self.scored.in_scope
+        rows = []
+        for line in np.arange(0.0, 100.0 + step / 2, step):
+            answered = self.confidences >= line
+            correct = (answered & self.top_right) | (~answered & ~in_scope)
+            refused = float((~answered & ~in_scope).sum() / max(1, (~in_scope).sum()))
+            rows.append((float(line), float(correct.mean()) if len(correct) else float("nan"), refused))
+        return rows
+
+    def reliability(self) -> list[ReliabilityBin]:
+        if self.confidences is None or self.top_right is None:
+            return []
+        return reliability_bins(self.confidences, self.top_right)
 
     @property
     def overall_accuracy(self) -> float:
@@ -446,7 +468,7 @@ class FaqEvalResult:
             "queries": self.n_queries, "in_scope": self.n_in_scope, "out_of_scope": self.n_out_of_scope,
             "top1": _r(self.top1), "mrr10": _r(self.mrr10), "recall5": _r(self.recall5),
             "threshold": _r(self.threshold), "threshold_percent": self.calibration.percent(self.threshold),
-            "margin": _r(self.margin),
+            "min_confidence": self.min_confidence, "margin": _r(self.margin),
             "in_scope_answered_right": _r(self.at_threshold.in_scope_answered_right),
             "oos_rejection": _r(self.oos_rejection), "overall_accuracy": _r(self.overall_accuracy),
             "precision": _r(self.at_threshold.precision), "answer_rate": _r(self.at_threshold.answer_rate),
@@ -464,6 +486,42 @@ def _r(value: float | None, digits: int = 4) -> float | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     return round(float(value), digits)
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """Questions whose confidence fell in [low, high): how many, their mean confidence, % whose top FAQ was right."""
+
+    low: int
+    high: int
+    questions: int
+    mean_confidence: float
+    share_right: float
+
+
+def reliability_bins(confidences: np.ndarray, right: np.ndarray, weights: np.ndarray | None = None,
+                     edges: Sequence[int] = tuple(range(0, 101, 10))) -> list[ReliabilityBin]:
+    """The reliability table: a trustworthy confidence has share_right close to mean_confidence in every bin."""
+    weights = np.ones(len(confidences)) if weights is None else weights
+    bins = []
+    for low, high in itertools.pairwise(edges):
+        inside = (confidences >= low) & ((confidences < high) if high < edges[-1] else (confidences <= high))
+        if inside.any():
+            w = weights[inside]
+            bins.append(ReliabilityBin(low, high, int(inside.sum()), float(np.average(confidences[inside], weights=w)),
+                                       float(np.average(right[inside].astype(float), weights=w) * 100.0)))
+    return bins
+
+
+def outcomes_of(decisions: Sequence[Decision], expected: Sequence[str | None]) -> Outcomes:
+    """What the bot actually did for each query (its own rule, confidence or cosine), as Outcomes."""
+    answered = np.array([d.matched for d in decisions], dtype=bool)
+    right = np.array([d.matched and d.faq is not None and d.faq.id == e for d, e in zip(decisions, expected, strict=True)],
+                     dtype=bool)
+    clarified = np.array([bool(d.clarify) for d in decisions], dtype=bool)
+    in_clarify = np.array([any(c.faq_id == e for c in d.clarify) for d, e in zip(decisions, expected, strict=True)],
+                          dtype=bool)
+    return Outcomes(answered, right, clarified, in_clarify, np.array([e is not None for e in expected], dtype=bool))
 
 
 def scored_from_decisions(decisions: Sequence[Decision], expected: Sequence[str | None], index: FaqIndex,
@@ -484,7 +542,7 @@ def scored_from_decisions(decisions: Sequence[Decision], expected: Sequence[str 
 
 
 def evaluate_faq(index_or_encoder: FaqIndex | Encoder, kb: KnowledgeBase | None, queries: Sequence[EvalQuery], *,
-                 threshold: float | None = None, margin: float | None = None,
+                 threshold: float | None = None, margin: float | None = None, min_confidence: float | None = None,
                  calibration: Calibration | None = None, encoder: Encoder | None = None,
                  progress: Progress | None = None, precision_target: float = PRECISION_TARGET) -> FaqEvalResult:
     """Run the real matcher over every query and measure it.
@@ -505,11 +563,13 @@ def evaluate_faq(index_or_encoder: FaqIndex | Encoder, kb: KnowledgeBase | None,
         if kb is None:
             raise ValueError("evaluate_faq with an encoder needs the KB to index")
         index = build_index(kb, encoder, calibration=calibration, progress=progress)
-    matcher = Matcher(index, threshold=threshold, kb_default_threshold=index.meta.kb_default_threshold, margin=margin)
+    matcher = Matcher(index, threshold=threshold, kb_default_threshold=index.meta.kb_default_threshold, margin=margin,
+                      min_confidence=min_confidence)
     texts = [q.query for q in queries]
     vectors = encode_in_chunks(encoder.encode_queries, texts, encoder.dim, progress=progress)
-    decisions = matcher.match_vectors(vectors, top_k=3)
-    ranked = index.search(vectors, top_k=RANK_DEPTH)
+    rankings = index.rank(vectors, texts, depth=RANK_DEPTH)
+    decisions = [matcher.decide(r) for r in rankings]
+    ranked = [r.faqs for r in rankings]
     expected = [q.expected for q in queries]
     known = index.faq_by_id
     unknown = tuple(sorted({e for e in expected if e is not None and e not in known}))
@@ -519,7 +579,8 @@ def evaluate_faq(index_or_encoder: FaqIndex | Encoder, kb: KnowledgeBase | None,
         results.append(QueryResult(query.query, query.expected, rank, decision))
     top1, mrr, recall5 = ranking_metrics([r.rank for r in results if r.expected is not None])
     scored = scored_from_decisions(decisions, expected, index)
-    at_threshold = decide_all(scored, matcher.default_threshold, matcher.margin)
+    at_threshold = outcomes_of(decisions, expected)
+    has_model = index.calibration.confidence is not None
     sweep = sweep_thresholds(scored, matcher.margin, precision_target=precision_target)
     margins = margin_analysis(scored, matcher.default_threshold)
     return FaqEvalResult(
@@ -527,6 +588,9 @@ def evaluate_faq(index_or_encoder: FaqIndex | Encoder, kb: KnowledgeBase | None,
         top1=top1, mrr10=mrr, recall5=recall5, threshold=matcher.default_threshold, margin=matcher.margin,
         at_threshold=at_threshold, sweep=sweep, margins=margins, recommended_margin=recommended_margin(margins),
         scored=scored, calibration=index.calibration, unknown_expected=unknown, results=results,
+        min_confidence=matcher.min_confidence,
+        confidences=np.array([r.confidence for r in rankings], dtype=float) if has_model else None,
+        top_right=np.array([bool(r.faqs) and r.faqs[0].faq_id == e for r, e in zip(rankings, expected, strict=True)]),
     )
 
 
