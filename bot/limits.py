@@ -5,8 +5,11 @@ One pure-ASGI middleware does it all, in this order, before any route code runs:
 
     request id (X-Request-ID in, or new; always sent back)
     -> body cap: a declared Content-Length over `max_body_bytes`, or a streamed body growing past
-       it, is refused with 413 before the route reads anything; a JSON body nesting deeper than
-       64 levels is refused with 400 `json_too_deep` (recursion bombs never reach a parser)
+       it, is refused with 413 before the route reads anything; the rest of the body is then read
+       and dropped within bounds before the connection closes (`drain_body`: a lingering close, so
+       a client that sends its whole body before reading gets the 413, not a reset); a JSON body
+       nesting deeper than 64 levels is refused with 400 `json_too_deep` (recursion bombs never
+       reach a parser)
     -> rate limits (token buckets; `bot.shared_state`: Redis when configured, else in-process):
          /chat, /feedback           per client: its `session_id`, else its IP
          /similarity, /v1/embeddings per IP
@@ -62,6 +65,10 @@ MAX_SESSION_KEY_CHARS = 128
 MAX_JSON_DEPTH = 64  # no faqbot body nests deeper than ~4; deeper ones only exist to exhaust recursion
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# How much of a refused body is read and dropped before closing (see drain_body): enough for the
+# uploads a real client sends by mistake, little enough that a huge or stalled one cannot hold a connection.
+DRAIN_MAX_BYTES = 8 * 1024 * 1024
+DRAIN_SECONDS = 2.0
 CHAT_ROUTES = frozenset({"/chat", "/feedback"})
 SIMILARITY_ROUTES = frozenset({"/similarity", "/v1/embeddings"})
 WEBHOOK_PREFIX = "/webhooks/"
@@ -177,16 +184,19 @@ class ProtectionMiddleware:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
             state["route"] = self._label(path, family)
-            await self._refuse(send, PayloadTooLargeError(f"request body over {limits.max_body_bytes} bytes"))
+            # A client waiting for `100 Continue` has sent no body yet, and the 413 tells it not to: nothing to drain.
+            waiting = headers.get("expect", "").lower() == "100-continue"
+            await self._refuse_unread_body(receive, send, PayloadTooLargeError(
+                f"request body over {limits.max_body_bytes} bytes"), drain=not waiting)
             return
         has_body = method in ("POST", "PUT", "PATCH") and (length is None or length != "0")
         body: bytes | None = None
         if has_body:
-            try:
-                body = await self._read_body(receive, limits.max_body_bytes)
-            except PayloadTooLargeError as too_large:
+            body, ended = await self._read_body(receive, limits.max_body_bytes)
+            if body is None:
                 state["route"] = self._label(path, family)
-                await self._refuse(send, too_large)
+                await self._refuse_unread_body(receive, send, PayloadTooLargeError(
+                    f"request body over {limits.max_body_bytes} bytes"), drain=not ended)
                 return
             receive = _replay(body, receive)
             if body.lstrip()[:1] in (b"{", b"[") and json_depth(body) > MAX_JSON_DEPTH:
@@ -256,21 +266,23 @@ class ProtectionMiddleware:
         await self._refuse(send, RequestTimeoutError(f"no answer within {self.limits.timeout_seconds:g} s; try again"))
 
     @staticmethod
-    async def _read_body(receive: Receive, cap: int) -> bytes:
+    async def _read_body(receive: Receive, cap: int) -> tuple[bytes | None, bool]:
+        """(the body, None once past `cap`; whether it ended): a body that ended has nothing left to drain,
+        and one more `receive()` would wait for bytes that never come."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                break
+                return b"".join(chunks), True
             chunk = message.get("body", b"")
+            ended = not message.get("more_body", False)
             size += len(chunk)
             if size > cap:
-                raise PayloadTooLargeError(f"request body over {cap} bytes")
+                return None, ended
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
+            if ended:
+                return b"".join(chunks), True
 
     @staticmethod
     async def _refuse(send: Send, error: FaqbotError) -> None:
@@ -278,6 +290,20 @@ class ProtectionMiddleware:
         status, headers, body = error_bytes(error)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _refuse_unread_body(receive: Receive, send: Send, error: PayloadTooLargeError, *, drain: bool) -> None:
+        """The 413 of a body left unread: the answer at once, then the rest of the body drained, then the close.
+
+        The whole answer goes out first, as nginx's lingering close does, for a client that reads while it
+        sends; the response ends (and uvicorn closes, `connection: close`) only once the drain is over.
+        """
+        status, headers, body = error_bytes(error)
+        await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        if drain:
+            await drain_body(receive)
+        await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
     def _label(path: str, family: str | None) -> str:
@@ -296,6 +322,26 @@ class ProtectionMiddleware:
             "method": scope.get("method"), "path": scope.get("path"), "route": label, "status": status,
             "ms": round(seconds * 1000, 2), "client": client[0] if client else None, "request_id": request_id,
         })
+
+
+async def drain_body(receive: Receive, *, max_bytes: int = DRAIN_MAX_BYTES, seconds: float = DRAIN_SECONDS) -> bool:
+    """Read and drop what is left of a refused request body, within bounds; True if it was all read.
+
+    A socket closed with unread bytes in it makes the kernel send a reset, and a client that writes
+    its whole body before reading (urllib, many SDKs) then gets ECONNRESET instead of the 413. Past
+    `max_bytes` or `seconds` (a huge or stalled body) the connection is closed anyway. Nothing is kept.
+    """
+    drained = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while drained <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request":  # the client left
+                    return True
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return True
+    return False
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -3,22 +3,30 @@ request timeout, bounded encoder queue, request ids in responses and JSON logs, 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import hmac
+import http.client
 import io
 import json
 import logging
+import socket
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from bot.limits import DRAIN_MAX_BYTES, DRAIN_SECONDS, drain_body
 from bot.logging_setup import JsonFormatter, RequestIdFilter, request_id_from, request_id_var
 from bot.shared_state import BucketSpec, LocalBuckets, SharedState
-from tests.conftest import serve_app
+from tests.conftest import TINY_KB, serve_app
 
 
 class FakeClock:
@@ -264,3 +272,162 @@ def test_local_buckets_are_thread_safe() -> None:
         t.join()
     assert sum(allowed) == 500  # exactly the burst, never more, under contention
     assert np.isfinite(buckets.take("shared", spec))
+
+
+# --- the 413 of an oversized body, for every kind of client ----------------------------------------
+
+FIVE_MB = 5_000_000  # over the default 1 MB cap, within what is drained
+
+
+def test_drain_body_reads_to_the_end_within_its_bounds() -> None:
+    async def run() -> None:
+        messages = iter([{"type": "http.request", "body": b"x" * 10, "more_body": True},
+                         {"type": "http.request", "body": b"y", "more_body": False}])
+
+        async def whole() -> dict:
+            return next(messages)
+
+        assert await drain_body(whole) is True
+
+        calls = 0
+
+        async def endless() -> dict:
+            nonlocal calls
+            calls += 1
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+        assert await drain_body(endless, max_bytes=10_000) is False
+        assert calls == 11  # stops once past the bound
+
+        async def stalled() -> dict:
+            await asyncio.sleep(3600)
+            return {}
+
+        started = time.monotonic()
+        assert await drain_body(stalled, seconds=0.2) is False
+        assert time.monotonic() - started < 1.0
+
+        async def gone() -> dict:
+            return {"type": "http.disconnect"}
+
+        assert await drain_body(gone) is True
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def capped_server(tmp_path_factory, bundled_encoder) -> Iterator[tuple[str, int]]:
+    """A real server with the default body cap; yields (host, port)."""
+    from admin.web.app import build_app
+    from bot.settings import Settings
+
+    root: Path = tmp_path_factory.mktemp("capped")
+    (root / "kb").mkdir()
+    (root / "kb" / "faq.yaml").write_text(TINY_KB, encoding="utf-8")
+    with serve_app(build_app(Settings(kb=root / "kb", data_dir=root / "var"), encoder=bundled_encoder)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+def _assert_413(body: bytes) -> None:
+    assert json.loads(body) == {"status": "error", "error": {"code": "payload_too_large",
+                                                             "message": "request body over 1000000 bytes"}}
+
+
+def _read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes; and when its first byte came (monotonic)."""
+    data, first = b"", 0.0
+    while chunk := sock.recv(65536):
+        first = first or time.monotonic()
+        data += chunk
+    return data, first
+
+
+@pytest.mark.slow
+def test_urllib_posting_5_mb_reads_the_413_not_a_reset(capped_server) -> None:
+    """urllib writes the whole body before it reads, and asks for `Connection: close`."""
+    host, port = capped_server
+    for _ in range(3):
+        request = urllib.request.Request(f"http://{host}:{port}/chat", data=b"x" * FIVE_MB,
+                                         headers={"Content-Type": "application/json"})
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 413
+        _assert_413(refused.value.read())
+        assert time.monotonic() - started < DRAIN_SECONDS  # drained to its end, not cut off by the time bound
+
+
+@pytest.mark.slow
+def test_a_chunked_5_mb_body_without_content_length_reads_the_413(capped_server) -> None:
+    host, port = capped_server
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    chunks = (b"x" * 50_000 for _ in range(FIVE_MB // 50_000))  # an iterable body: http.client sends it chunked
+    conn.request("POST", "/chat", body=chunks, headers={"Content-Type": "application/json",
+                                                        "Connection": "close"})  # as urllib asks
+    response = conn.getresponse()
+    assert response.status == 413 and response.getheader("Transfer-Encoding") is None
+    _assert_413(response.read())
+    conn.close()
+
+
+@pytest.mark.slow
+def test_a_streamed_body_that_ended_just_past_the_cap_is_closed_at_once(capped_server) -> None:
+    size = 1_000_001  # one chunk, over the cap by a byte, and the body's end right behind it
+    with socket.create_connection(capped_server, timeout=30) as sock:
+        sock.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n" % size + b"x" * size + b"\r\n0\r\n\r\n")
+        started = time.monotonic()
+        reply, _ = _read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 413")
+    _assert_413(reply.partition(b"\r\n\r\n")[2])
+    assert time.monotonic() - started < DRAIN_SECONDS  # nothing left to drain: no waiting for more
+
+
+@pytest.mark.slow
+def test_a_stalled_body_gets_the_413_at_once_and_the_close_after_the_drain_time(capped_server) -> None:
+    with socket.create_connection(capped_server, timeout=30) as sock:
+        sock.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000000\r\n\r\n")  # and then nothing
+        started = time.monotonic()
+        reply, first = _read_until_closed(sock)
+    closed = time.monotonic() - started
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head.lower()
+    _assert_413(body)
+    assert first - started < DRAIN_SECONDS / 2  # answered before draining, as a lingering close does
+    assert DRAIN_SECONDS - 0.5 < closed < DRAIN_SECONDS + 5
+
+
+@pytest.mark.slow
+def test_a_client_waiting_for_100_continue_is_refused_at_once_without_a_drain(capped_server) -> None:
+    with socket.create_connection(capped_server, timeout=30) as sock:
+        sock.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n")
+        started = time.monotonic()
+        reply, _ = _read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 413")  # no `100 Continue`: the body is never invited
+    _assert_413(reply.partition(b"\r\n\r\n")[2])
+    assert time.monotonic() - started < DRAIN_SECONDS
+
+
+@pytest.mark.slow
+def test_a_body_far_past_the_drain_bound_is_cut_off_in_bounded_time(capped_server) -> None:
+    host, port = capped_server
+    with socket.create_connection(capped_server, timeout=30) as sock:
+        sock.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000000\r\n\r\n")
+        started = time.monotonic()
+        block, sent = b"x" * 65536, 0
+        try:
+            while time.monotonic() - started < 60:
+                sock.sendall(block)
+                sent += len(block)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the server read its bound, then closed; a TimeoutError (a hang) fails the test
+        else:
+            pytest.fail(f"still accepting the body after 60 s ({sent} bytes)")
+    assert time.monotonic() - started < DRAIN_SECONDS + 10
+    assert sent < 100 * DRAIN_MAX_BYTES
+    ok = httpx.post(f"http://{host}:{port}/chat", json={"message": "可以开票吗"}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["faq_id"] == "invoice"

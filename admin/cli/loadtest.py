@@ -74,6 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--database-url", dest="database_url",
                    help="where the server logs misses (default: FAQBOT_DATABASE_URL or the data dir's SQLite)")
     p.add_argument("--kb", type=Path, help="KB to serve and to draw questions from (FAQBOT_KB)")
-    p.add_argument("--data-dir", dest="data_dir", type=Path, help="data dir of the server it starts (default: temp)")
+    p.add_argument("--data-dir", dest="data_dir", type=Path,
+                   help="with --url: the server's data dir, whose SQLite holds its miss log (FAQBOT_DATA_DIR); "
+                        "else the data dir of the server it starts (default: temp)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_soak)

@@ -8,6 +8,10 @@ seconds a realistic mix: paraphrases of the KB (answered), new questions nobody 
 (misses), and the same few unanswered questions again and again (misses, cached vectors). It
 prints requests, throughput, errors, 429s, p50/p90/p99/max latency, and then looks up every
 `miss_id` the server acknowledged in the database: `lost` must be 0 (exit code 1 otherwise).
+
+With `--url` that database must be the server's: `--database-url`, else the settings' own
+(FAQBOT_DATABASE_URL, else the SQLite of `--data-dir`/FAQBOT_DATA_DIR). It is checked before the
+load starts; one without a miss log is a CommandError naming it, not a traceback after the load.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from admin.errors import CommandError
 from admin.loadtest.bench import percentile
 from admin.loadtest.local_server import faqbot_server
 from bot.settings import Settings
@@ -33,6 +39,7 @@ NEW_QUESTION_TEMPLATES = (
     "第{n}号订单的发票抬头写错了还能改吗", "我在{n}号门店买的东西能在网上退吗", "编号{n}的优惠券为什么用不了",
     "订单{n}显示已签收但我没收到", "会员卡{n}的积分被清零了怎么回事", "{n}号快递员态度很差怎么投诉",
 )
+WHERE_FLAGS = "--database-url URL or --data-dir DIR"
 REPEATED_MISSES = ("你们老板是谁", "今天股票涨了吗", "火星上能送货吗", "可以用比特币付款吗")
 
 
@@ -53,6 +60,7 @@ class SoakReport:
     misses_not_logged: int = 0
     stored: int | None = None
     lost: int | None = None
+    database: str | None = None
     p50_ms: float = 0.0
     p90_ms: float = 0.0
     p99_ms: float = 0.0
@@ -69,8 +77,11 @@ class SoakReport:
             f"  answered   {self.matched}   misses {self.misses}",
             f"  latency    p50 {self.p50_ms:.1f} ms   p90 {self.p90_ms:.1f} ms   p99 {self.p99_ms:.1f} ms   "
             f"max {self.max_ms:.1f} ms",
-            f"  miss log   {self.miss_ids} miss ids acknowledged, {self.stored} found in the database: {verdict}"
+            f"  miss log   {self.miss_ids} miss ids acknowledged, {self.stored} found in {self.database or 'the database'}: "
+            f"{verdict}"
             + (f"  ({self.misses_not_logged} answered with miss_logged=false)" if self.misses_not_logged else ""),
+            *([f"  none of them is there: is it the server's database? ({WHERE_FLAGS})"]
+              if self.miss_ids and self.stored == 0 else []),
         ]
 
 
@@ -151,23 +162,69 @@ async def run_load(base: str, *, duration: float, concurrency: int, questions: l
 
 def count_stored(database_url: str, miss_ids: list[int]) -> int:
     """How many distinct `miss_ids` are rows of the misses table. An id acknowledged twice stands for two
-    misses but one row, so `len(miss_ids) - count_stored(...)` counts it as lost."""
-    from sqlalchemy import func, select
+    misses but one row, so `len(miss_ids) - count_stored(...)` counts it as lost.
+
+    A database with no miss log (a SQLite file that is not there, no misses table) is not the server's:
+    CommandError naming it, and nothing is created or changed there.
+    """
+    from sqlalchemy import func, inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
 
     from bot.store import make_engine, misses
 
+    shown = shown_url(database_url)
+    sqlite_file = _sqlite_file(database_url)
+    if sqlite_file is not None and not _sqlite_has_table(sqlite_file, misses.name, shown):
+        raise _not_the_servers(shown, "no misses table" if sqlite_file.is_file() else "no such file")
     engine = make_engine(database_url)
     found = 0
     try:
         with engine.connect() as conn:
+            if not inspect(conn).has_table(misses.name):
+                raise _not_the_servers(shown, "no misses table")
             unique = sorted(set(miss_ids))
             for i in range(0, len(unique), 500):
                 chunk = unique[i:i + 500]
                 found += int(conn.execute(select(func.count()).select_from(misses)
                                           .where(misses.c.id.in_(chunk))).scalar_one())
+    except SQLAlchemyError as exc:
+        raise CommandError(f"cannot read the miss log in {shown}: {getattr(exc, 'orig', None) or exc}") from exc
     finally:
         engine.dispose()
     return found
+
+
+def shown_url(database_url: str) -> str:
+    """A database URL fit to print (no password)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _sqlite_file(database_url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(database_url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _sqlite_has_table(path: Path, table: str, shown: str) -> bool:
+    """Read-only, so a file that is not the server's is neither created nor switched to WAL (make_engine would)."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (table,)).fetchone() is not None
+    except sqlite3.Error as exc:
+        raise CommandError(f"cannot read the miss log in {shown}: {exc}") from exc
+
+
+def _not_the_servers(shown: str, why: str) -> CommandError:
+    return CommandError(f"the database soak looked in has no miss log: {shown} ({why}); point soak at the "
+                        f"server's with {WHERE_FLAGS}")
 
 
 @contextlib.contextmanager
@@ -186,18 +243,23 @@ def soak(settings: Settings, *, url: str | None, duration: float, concurrency: i
     """Run one soak (starting a server unless `url`), then count the acknowledged misses in the database."""
     questions = kb_questions(settings)
     if url is not None:
+        db_url = database_url or settings.resolved_database_url
+        count_stored(db_url, [])  # not the server's database: say so now, not after the load
         report, miss_ids = asyncio.run(run_load(url.rstrip("/"), duration=duration, concurrency=concurrency,
                                                 questions=questions))
-        db_url = database_url or settings.resolved_database_url
     else:
         with contextlib.ExitStack() as stack:
             folder = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="faqbot-soak-")))
             base, db_url = stack.enter_context(own_server(settings, folder))
             report, miss_ids = asyncio.run(run_load(base, duration=duration, concurrency=concurrency,
                                                     questions=questions))
-            report.stored = count_stored(database_url or db_url, miss_ids)
-            report.lost = len(miss_ids) - report.stored
-            return report
-    report.stored = count_stored(db_url, miss_ids)
+            return _checked(report, database_url or db_url, miss_ids)
+    return _checked(report, db_url, miss_ids)
+
+
+def _checked(report: SoakReport, database_url: str, miss_ids: list[int]) -> SoakReport:
+    """The report with the acknowledged misses looked up in `database_url`."""
+    report.database = shown_url(database_url)
+    report.stored = count_stored(database_url, miss_ids)
     report.lost = len(miss_ids) - report.stored
     return report
