@@ -2,7 +2,7 @@
 
 - `/`               a demo shop page with the chat widget on it
 - `/widget.js`      the embeddable widget (`<script src=".../widget.js" data-title="在线客服">`)
-- `/widget-config.json`  what the pages need from the settings (title, fallback, 转人工 link, threshold)
+- `/widget-config.json`  what the pages need from the settings (title, fallback, 转人工 link, the answer line)
 - `/ui/similarity`  the two-sentence similarity gauge (+ batch mode)
 - `/admin`          the miss review page (only when an admin token is configured; it talks to /admin/... by fetch)
 - `/static/...`     their CSS/JS
@@ -85,11 +85,19 @@ def mount_pages(app: FastAPI, static_dir: Path) -> None:
 
 
 def page_config(settings: Settings, service: FaqService) -> dict[str, Any]:
-    """What the pages show that comes from settings and the live index (threshold as a display percent)."""
-    threshold_percent = None
+    """What the pages show that comes from settings and the live index.
+
+    The bot's line is one of two things: `min_confidence` (0-100, the measured chance that an answer
+    is right) when the confidence decides, or `threshold_percent` (the cosine threshold as a display
+    percent) when a cosine threshold does; the other is None. A pair percent is not a confidence, so
+    the gauge draws its 作答线 only in the cosine case.
+    """
+    threshold_percent = min_confidence = None
     if service.ready:
         matcher = service.matcher
-        threshold_percent = round(float(matcher.index.calibration.percent(matcher.default_threshold)), 1)
+        min_confidence = matcher.min_confidence
+        if min_confidence is None:
+            threshold_percent = round(float(matcher.index.calibration.percent(matcher.default_threshold)), 1)
     return {
         "title": settings.widget_title,
         "greeting": settings.widget_greeting,
@@ -98,5 +106,6 @@ def page_config(settings: Settings, service: FaqService) -> dict[str, Any]:
         "handoff_text": HANDOFF_TEXT,
         "max_message_chars": settings.max_message_chars,
         "threshold_percent": threshold_percent,
+        "min_confidence": min_confidence,
         "admin_enabled": settings.admin_token is not None,
     }

@@ -1,19 +1,28 @@
 """Quick checks of the page routes (no browser, no model): files, headers, config, the admin switch.
 
-The app is driven without its lifespan, so the index never loads: these tests are about serving
-the pages, the browser tests (test_pages_browser.py) about what the pages do.
+The app is driven without its lifespan, so the index never loads unless a test swaps one in (built
+by a stand-in character encoder): these tests are about serving the pages and what they are told,
+the browser tests (test_pages_browser.py) about what the pages do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from admin.web.app import build_app
 from bot.app import create_app
 from bot.settings import Settings
+from faq import load_kb
+from index.calibration import Calibration
+from index.confidence import ConfidenceModel
+from index.faq_index import build_index
 
 STATIC = Path(__file__).resolve().parent.parent / "bot" / "static"
 TOKEN = "pages-test-token-0123"
@@ -89,6 +98,7 @@ def test_widget_config_carries_the_display_settings(client: TestClient) -> None:
     assert config["handoff_url"] == "https://kefu.example.com/chat"
     assert config["admin_enabled"] is True
     assert config["threshold_percent"] is None  # index not loaded in this test
+    assert config["min_confidence"] is None
 
 
 def test_chat_preflight_from_another_origin_is_allowed(client: TestClient) -> None:
@@ -114,3 +124,53 @@ def test_static_directory_does_not_list_or_escape(client: TestClient) -> None:
     assert client.get("/static/").status_code == 404
     assert client.get("/static/../pages.py").status_code == 404
     assert client.get("/static/%2e%2e/pages.py").status_code == 404
+
+
+class CharEncoder:
+    """A stand-in encoder (a bag of characters): enough to build an index and read its answer line."""
+
+    name = "chars"
+    fingerprint = "chars:v1"
+    dim = 64
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in zip(rows, texts, strict=True):
+            for char in text:
+                row[ord(char) % self.dim] += 1.0
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
+
+    encode_passages = encode_queries
+
+
+# A cosine calibration with and without a confidence model (made-up numbers: only the lines matter here).
+COSINE_CALIBRATION = Calibration(knots_cosine=(0.5, 0.9, 1.0), knots_percent=(0.0, 80.0, 100.0), threshold=0.85)
+CONFIDENCE_CALIBRATION = dataclasses.replace(COSINE_CALIBRATION, confidence=ConfidenceModel(
+    features=("s1", "gap2"), coef=(1.0, 1.0), intercept=0.0, mean=(0.9, 0.03), scale=(0.03, 0.02)))
+
+
+def live_client(settings: Settings, calibration: Calibration) -> TestClient:
+    """The app and admin API with an index of the tiny KB swapped in (no lifespan, so nothing else loads it)."""
+    encoder = CharEncoder()
+    app = build_app(settings, encoder=encoder)
+    app.state.service.use_index(build_index(load_kb(settings.kb), encoder, calibration=calibration))
+    return TestClient(app)
+
+
+@pytest.mark.parametrize(("calibration", "overrides", "min_confidence", "threshold_percent"), [
+    (CONFIDENCE_CALIBRATION, {}, 50.0, None),  # the model's own line
+    (CONFIDENCE_CALIBRATION, {"min_confidence": 70.0}, 70.0, None),  # FAQBOT_MIN_CONFIDENCE
+    (CONFIDENCE_CALIBRATION, {"threshold": 0.9}, None, 80.0),  # FAQBOT_THRESHOLD: a cosine decides
+    (COSINE_CALIBRATION, {}, None, 70.0),  # no model: the calibration's cosine threshold (0.85 -> 70%)
+], ids=["model", "min-confidence-setting", "threshold-setting", "no-model"])
+def test_widget_config_names_the_line_the_bot_answers_at(make_settings, calibration: Calibration,
+                                                         overrides: dict[str, float], min_confidence: float | None,
+                                                         threshold_percent: float | None) -> None:
+    """Either a confidence or a cosine decides; the pages are told which (the other is null)."""
+    client = live_client(make_settings(admin_token=TOKEN, **overrides), calibration)
+    config = client.get("/widget-config.json").json()
+    assert config["min_confidence"] == min_confidence
+    assert config["threshold_percent"] == threshold_percent
+    index = client.get("/admin/index", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert index["min_confidence"] == min_confidence
+    assert index["threshold"] == (overrides.get("threshold") or calibration.threshold)

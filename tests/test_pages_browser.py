@@ -3,12 +3,18 @@
 One faqbot server (real uvicorn, tiny KB copied to a temp dir, real SQLite, the bundled encoder) and
 one browser per module. A second loopback server on another port plays the shop that embeds the
 widget, so every widget request is cross-origin. Screenshots go to test-artifacts/pages/.
+
+`site` decides the way the shipped calibration says (a confidence model or a cosine threshold; its
+tests accept either). How the pages show each line is tested on two more servers that set their
+situation up explicitly: `confidence_site` (an index published beforehand with a test confidence
+model) and `cosine_site` (FAQBOT_THRESHOLD set, so a cosine decides whatever the calibration holds).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import http.server
 import io
 import math
@@ -46,20 +52,64 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, bundled_encoder) -> Iterator[dict[str, object]]:
-    """faqbot on a loopback port: base URL, settings (admin on, 转人工 link set)."""
+@contextlib.contextmanager
+def start_site(root: Path, encoder, *, confidence=None, **overrides: object) -> Iterator[dict[str, object]]:
+    """faqbot on a loopback port: base URL, settings (admin on, 转人工 link set), the SQLite path.
+
+    With `confidence`, an index of the KB whose calibration carries that model is published before
+    the server starts; marked local, it is what the server loads and what its rebuilds keep.
+    """
     from admin.web.app import build_app
     from bot.settings import Settings
+    from faq import load_kb
+    from index.calibration import SCOPE_LOCAL, default_calibration
+    from index.faq_index import build_index, publish_index
 
-    root = tmp_path_factory.mktemp("pages")
     kb = root / "kb"
     kb.mkdir()
     (kb / "faq.yaml").write_text(TINY_KB, encoding="utf-8")
-    settings = Settings(kb=kb, data_dir=root / "var", admin_token=ADMIN_TOKEN, handoff_url=HANDOFF_URL)
+    settings = Settings(kb=kb, data_dir=root / "var", admin_token=ADMIN_TOKEN, handoff_url=HANDOFF_URL,
+                        **overrides)
+    if confidence is not None:
+        shipped = default_calibration(encoder.fingerprint)
+        calibration = dataclasses.replace(shipped, confidence=confidence, extra={**shipped.extra, "scope": SCOPE_LOCAL})
+        publish_index(build_index(load_kb(kb), encoder, kb_path=str(kb.resolve()), calibration=calibration),
+                      settings.data_dir)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with serve_app(build_app(settings, encoder=bundled_encoder)) as base:
+    with serve_app(build_app(settings, encoder=encoder)) as base:
         yield {"base": base, "settings": settings, "db": settings.resolved_database_url.removeprefix("sqlite:///")}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, bundled_encoder) -> Iterator[dict[str, object]]:
+    """faqbot deciding as the shipped calibration says."""
+    with start_site(tmp_path_factory.mktemp("pages"), bundled_encoder) as running:
+        yield running
+
+
+def made_up_confidence_model():
+    """A made-up model over the top cosine and its gap to the runner-up: on the tiny KB it reads the
+    right answers at >= 97 and the unknown questions at <= 27 (not a fitted model; only the display
+    is under test)."""
+    from index.confidence import ConfidenceModel
+
+    return ConfidenceModel(features=("s1", "gap2"), coef=(1.0, 1.0), intercept=0.0, mean=(0.9, 0.03),
+                           scale=(0.03, 0.02))
+
+
+@pytest.fixture(scope="module")
+def confidence_site(tmp_path_factory, bundled_encoder) -> Iterator[dict[str, object]]:
+    """faqbot deciding by confidence (the test model, line 50), whatever the shipped calibration holds."""
+    with start_site(tmp_path_factory.mktemp("pages-confidence"), bundled_encoder,
+                    confidence=made_up_confidence_model()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cosine_site(tmp_path_factory, bundled_encoder) -> Iterator[dict[str, object]]:
+    """faqbot deciding by a cosine threshold (FAQBOT_THRESHOLD), whatever the shipped calibration holds."""
+    with start_site(tmp_path_factory.mktemp("pages-cosine"), bundled_encoder, threshold=0.916) as running:
+        yield running
 
 
 HOST_PAGE = """<!doctype html>
@@ -121,6 +171,13 @@ def api_chat(base: str, message: str) -> dict:
     return response.json()
 
 
+def badge_text(reply: dict) -> str:
+    """What the widget's badge says for a /chat answer: the confidence when there is one, else the percent."""
+    if reply["confidence"] is not None:
+        return f"置信度 {math.floor(reply['confidence'])}%"
+    return f"{math.floor(reply['percent'])}%"
+
+
 def ask(page, message: str) -> object:
     """Type a question into the widget, press Enter, and return the new bot reply row."""
     before = page.locator(f"{WIDGET} .fbw-row-bot:not(.fbw-typing-row)").count()
@@ -149,7 +206,7 @@ def test_widget_answers_cross_origin_with_question_and_percent(browser, site, ho
         reply = ask(page, question)
         assert reply.locator(".fbw-bubble .fbw-p").first.inner_text() == expected["answer"]
         assert reply.locator(".fbw-match-question").inner_text() == f"匹配问题：{expected['question']}"
-        assert reply.locator(".fbw-percent").inner_text() == f"{math.floor(expected['percent'])}%"
+        assert reply.locator(".fbw-percent").inner_text() == badge_text(expected)
 
         # The host page's CSS does not reach into the widget (shadow DOM + :host reset).
         style = reply.locator(".fbw-bubble").evaluate(
@@ -269,6 +326,7 @@ def test_network_errors_are_polite_and_retryable(browser, site) -> None:
         page.unroute("**/chat")
         assert reply.locator(".fbw-p").inner_text() == "您是想问以下哪个问题？"
         assert reply.locator(".fbw-choice-text").all_inner_texts() == ["怎么退货？", "<b>x</b>"]
+        assert reply.locator(".fbw-choice").all_inner_texts() == ["怎么退货？", "<b>x</b>"]  # no percent beside them
         assert reply.locator("b").count() == 0
         reply.locator(".fbw-choice", has_text="怎么退货？").click()
         expect(page.locator(f"{WIDGET} .fbw-match-question").last).to_have_text("匹配问题：怎么退货？")
@@ -443,3 +501,77 @@ def test_no_page_requests_anything_from_another_host(browser, site) -> None:
         for path in ("/", "/ui/similarity", "/admin"):
             page.goto(base + path, wait_until="networkidle")
         assert foreign == []
+
+
+def test_widget_badge_shows_the_confidence(browser, confidence_site) -> None:
+    """An answer's badge is the chance that it is right, not the pair similarity that once read "45%"."""
+    base = str(confidence_site["base"])
+    question = "可以开发票吗"
+    expected = api_chat(base, question)
+    assert expected["matched"] and expected["faq_id"] == "invoice"
+    assert expected["min_confidence"] == 50.0 and expected["threshold"] is None
+    assert expected["confidence"] >= 90 > expected["percent"]  # the case of the issue: right, yet under 50%
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        page.goto(base + "/")
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        badge = ask(page, question).locator(".fbw-percent")
+        assert badge.inner_text() == f"置信度 {math.floor(expected['confidence'])}%"
+        assert "置信度" in badge.get_attribute("title")
+        page.screenshot(path=str(SHOTS / "widget-confidence.png"))
+
+        # An encoder without a confidence model: the badge falls back to the matched question's percent.
+        no_model = {**expected, "confidence": None, "min_confidence": None, "threshold": 0.916}
+        page.route("**/chat", lambda route: route.fulfill(json=no_model))
+        fallback_badge = ask(page, question).locator(".fbw-percent")
+        page.unroute("**/chat")
+        assert fallback_badge.inner_text() == f"{math.floor(expected['percent'])}%"
+        assert fallback_badge.get_attribute("title") == "语义相似度"
+
+        page.reload()  # the session's history keeps what each badge said
+        page.locator(f"{WIDGET} .fbw-panel").wait_for(state="visible")
+        assert page.locator(f"{WIDGET} .fbw-percent").all_inner_texts() == [
+            f"置信度 {math.floor(expected['confidence'])}%", f"{math.floor(expected['percent'])}%"]
+
+
+def test_similarity_page_by_confidence_draws_no_answer_line(browser, confidence_site) -> None:
+    base = str(confidence_site["base"])
+    config = httpx.get(f"{base}/widget-config.json", timeout=10).json()
+    assert config["min_confidence"] == 50.0 and config["threshold_percent"] is None
+    with new_page(browser, viewport={"width": 1280, "height": 860}) as page:
+        page.goto(base + "/ui/similarity")
+        note = page.locator("#decision-note")
+        expect(note).to_be_visible()
+        assert "置信度" in note.inner_text() and "50" in note.inner_text()
+        assert "相似度" in note.inner_text()  # ...and that the pair similarity is not it
+        assert page.locator("#threshold-value").inner_text() == "置信度 ≥ 50"
+        page.fill("#sentence-a", "可以开发票吗")
+        page.fill("#sentence-b", "是否支持开具发票？")
+        page.get_by_role("button", name="计算相似度").click()
+        page.locator("#gauge[data-state=done]").wait_for()
+        assert page.locator(".gauge-threshold, .gauge-threshold-label").count() == 0
+        assert "作答线" not in page.locator("#verdict").inner_text()
+        page.screenshot(path=str(SHOTS / "similarity-confidence.png"), full_page=True)
+
+
+def test_similarity_page_by_cosine_keeps_the_answer_line(browser, cosine_site) -> None:
+    base = str(cosine_site["base"])
+    config = httpx.get(f"{base}/widget-config.json", timeout=10).json()
+    assert config["min_confidence"] is None and isinstance(config["threshold_percent"], float)
+    with new_page(browser, viewport={"width": 1280, "height": 860}) as page:
+        page.goto(base + "/ui/similarity")
+        expect(page.locator("#threshold-value")).to_have_text(f"{config['threshold_percent']:.1f}%")
+        assert page.locator(".gauge-threshold").count() == 1
+        assert page.locator(".gauge-threshold-label").text_content() == "作答线"  # an SVG <text>: no inner_text
+        expect(page.locator("#decision-note")).to_be_hidden()
+
+
+@pytest.mark.parametrize(("site_name", "line"), [("confidence_site", "置信度 ≥ 50"), ("cosine_site", "余弦 0.92")])
+def test_admin_shows_the_line_the_bot_answers_at(browser, request, site_name: str, line: str) -> None:
+    base = str(request.getfixturevalue(site_name)["base"])
+    with new_page(browser, viewport={"width": 1280, "height": 900}) as page:
+        page.goto(base + "/admin")
+        page.fill("#token", ADMIN_TOKEN)
+        page.get_by_role("button", name="进入后台").click()
+        expect(page.locator("#answer-line")).to_have_text(line)
+        label = page.locator(".fact", has=page.locator("#answer-line")).locator(".fact-label").inner_text()
+        assert label == ("作答线" if site_name == "confidence_site" else "作答阈值")

@@ -204,6 +204,8 @@ def index_info(admin: Admin) -> dict[str, Any]:
         "golden_file": str(golden_file(settings.kb)) if golden_file(settings.kb).is_file() else None,
         "encoder": {"name": live.meta.encoder_name, "fingerprint": live.meta.fingerprint} if live else None,
         "threshold": round(service.matcher.default_threshold, 4) if live else None,
+        # The line the bot answers at by default: a confidence 0-100 when set, else `threshold` (a cosine) decides.
+        "min_confidence": service.matcher.min_confidence if live else None,
         "calibration_source": live.calibration.source if live else None,
         "watch_kb": settings.watch_kb,
         "load_error": service.load_error if not live else None,

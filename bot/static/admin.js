@@ -103,7 +103,7 @@
     var facts = [
       fact("当前索引", info.version || "未加载", info.version ? "构建于 " + formatTime(info.built_at) : "", "index-version"),
       fact("FAQ / 问法", info.faqs === null ? "—" : info.faqs + " 条 / " + info.vectors + " 句"),
-      fact("作答阈值", info.threshold === null ? "—" : "余弦 " + info.threshold.toFixed(2), info.calibration_source),
+      answerLineFact(info),
       fact("编码器", info.encoder ? info.encoder.name : "—", info.encoder ? info.encoder.fingerprint : ""),
       h("div", { class: "fact" }, [h("span", { class: "fact-label" }, ["知识库"]), h("span", { class: "fact-value" }, [kbState])]),
     ];
@@ -113,6 +113,16 @@
     $("index-facts").replaceChildren.apply($("index-facts"), facts);
     if (info.load_error) showReloadResult("error", "索引加载失败：" + info.load_error, []);
     $("reload-button").disabled = Boolean(info.rebuild && info.rebuild.running);
+  }
+
+  // The line the bot answers at: a confidence when the encoder's model decides, else the cosine threshold.
+  function answerLineFact(info) {
+    if (typeof info.min_confidence === "number") {
+      return fact("作答线", "置信度 ≥ " + String(Math.round(info.min_confidence * 10) / 10),
+        "置信度：回答正确的实测概率（0–100）。" + (info.calibration_source || ""), "answer-line");
+    }
+    return fact("作答阈值", info.threshold === null ? "—" : "余弦 " + info.threshold.toFixed(2), info.calibration_source,
+      "answer-line");
   }
 
   function fact(label, value, title, id) {

@@ -27,11 +27,24 @@
   ui.loadConfig().then(function (loaded) {
     config = loaded || {};
     ui.initNav(config);
-    if (typeof config.threshold_percent === "number") {
+    if (typeof config.min_confidence === "number") {
+      // The bot answers by confidence, the measured chance that its answer is right, read from the
+      // whole ranking of the KB: no percent of one pair is that line, so none is drawn on the dial.
+      var line = formatNumber(config.min_confidence);
+      $("threshold-value").textContent = "置信度 ≥ " + line;
+      var note = $("decision-note");
+      note.textContent = "机器人不按这里的相似度作答，而是按置信度：置信度是回答正确的实测概率（0–100），" +
+        "达到 " + line + " 才直接回答。两句话的相似度高低，不等于机器人会不会作答。";
+      note.hidden = false;
+    } else if (typeof config.threshold_percent === "number") {
       $("threshold-value").textContent = ui.formatPercent(config.threshold_percent);
       drawThreshold(config.threshold_percent);
     }
   });
+
+  function formatNumber(value) {
+    return String(Math.round(value * 10) / 10);
+  }
 
   // ------------------------------------------------------------------ single pair
   EXAMPLES.forEach(function (pair) {
@@ -97,7 +110,7 @@
 
   function showVerdict(percent) {
     var verdict = $("verdict");
-    var threshold = typeof config.threshold_percent === "number" ? config.threshold_percent : null;
+    var threshold = cosineLine();
     var kind;
     var message;
     if (threshold === null) {
@@ -163,8 +176,15 @@
     group.appendChild(label);
   }
 
+  // The 作答线 as a pair percent, or null when the confidence decides (or the index is not loaded).
+  function cosineLine() {
+    if (typeof config.min_confidence === "number") return null;
+    return typeof config.threshold_percent === "number" ? config.threshold_percent : null;
+  }
+
   function colorFor(percent) {
-    var threshold = typeof config.threshold_percent === "number" ? config.threshold_percent : 80;
+    var line = cosineLine();
+    var threshold = line === null ? 80 : line;
     if (percent >= threshold) return "#16a34a";
     if (percent >= threshold - 10) return "#f59e0b";
     return "#94a3b8";

@@ -206,10 +206,11 @@
       entry.faq_id = reply.faq_id;
       entry.question = reply.question;
       entry.percent = reply.percent;
+      if (typeof reply.confidence === "number") entry.confidence = reply.confidence;
     } else if (reply.clarify && reply.clarify.length) {
       entry.kind = "clarify";
       entry.text = entry.text.split("\n")[0];
-      entry.choices = reply.clarify.map(function (c) { return { question: c.question, percent: c.percent }; });
+      entry.choices = reply.clarify.map(function (c) { return { question: c.question }; });
     } else {
       entry.kind = "fallback";
       entry.handoff_url = reply.handoff_url || config.handoff_url || null;
@@ -283,16 +284,15 @@
     if (entry.kind === "answer") {
       bubble.appendChild(h("div", { class: "fbw-match" }, [
         h("span", { class: "fbw-match-question" }, [text("匹配问题：" + entry.question)]),
-        h("span", { class: "fbw-percent " + percentClass(entry.percent), title: "语义相似度" },
-          [text(formatPercent(entry.percent))]),
+        scoreBadge(entry),
       ]));
       bubble.appendChild(feedbackRow(entry));
     } else if (entry.kind === "clarify") {
       var choices = h("div", { class: "fbw-choices" });
       (entry.choices || []).forEach(function (choice) {
+        // No percent here: a pair similarity beside each choice reads as "how right", which it is not.
         var button = h("button", { class: "fbw-choice", type: "button" }, [
           h("span", { class: "fbw-choice-text" }, [text(choice.question)]),
-          h("span", { class: "fbw-choice-percent" }, [text(formatPercent(choice.percent))]),
         ]);
         button.addEventListener("click", function () { if (!busy) ask(choice.question); });
         choices.appendChild(button);
@@ -459,6 +459,18 @@
     path.setAttribute("d", ICONS[name]);
     svg.appendChild(path);
     return svg;
+  }
+
+  // The answer's badge: the confidence (the measured chance that this answer is right) when the bot
+  // decided by it; otherwise (an encoder without a confidence model, or a history entry saved before
+  // there was one) the matched question's calibrated similarity.
+  function scoreBadge(entry) {
+    if (typeof entry.confidence === "number" && isFinite(entry.confidence)) {
+      return h("span", { class: "fbw-percent fbw-confidence " + percentClass(entry.confidence),
+        title: "置信度：这个回答正确的实测概率" }, [text("置信度 " + formatPercent(entry.confidence))]);
+    }
+    return h("span", { class: "fbw-percent " + percentClass(entry.percent), title: "语义相似度" },
+      [text(formatPercent(entry.percent))]);
   }
 
   function formatPercent(value) {
@@ -632,7 +644,7 @@
       ".fbw-choice{display:flex;align-items:center;gap:8px;width:100%;padding:8px 10px;border:1px solid var(--fbw-line);",
       "border-radius:10px;background:#fafbfc;cursor:pointer;text-align:left;}",
       ".fbw-choice:hover{border-color:var(--fbw-brand);background:var(--fbw-brand-soft);color:var(--fbw-brand);}",
-      ".fbw-choice-text{flex:1;}.fbw-choice-percent{font-size:12px;color:var(--fbw-muted);font-variant-numeric:tabular-nums;}",
+      ".fbw-choice-text{flex:1;}",
       ".fbw-handoff{display:inline-flex;align-items:center;gap:6px;margin-top:10px;padding:6px 14px;",
       "border-radius:16px;background:var(--fbw-brand);color:#fff!important;font-size:13px;text-decoration:none!important;}",
       ".fbw-handoff .fbw-svg{width:16px;height:16px;}",
