@@ -19,10 +19,11 @@ import numpy as np
 from faq.errors import FaqbotError
 
 # Every feature a model may use, in this order (`ranking_features` fills them).
-FEATURES = ("s1", "f1", "gap2", "gap_rest", "lex1", "log_kb")
+FEATURES = ("s1", "f1", "gap2", "gap_rest", "lex1", "log_kb", "ans1", "ans_gap", "has_answers")
 REST_DEPTH = 10  # gap_rest compares the top fused score with the mean of the next 9 FAQs
 SINGLE_FAQ_GAP = 0.1  # a KB of one FAQ has no runner-up: a fixed, modest gap stands in
 DEFAULT_LEXICAL_WEIGHT = 0.05
+ANSWER_EVIDENCE_MIN = 0.5  # answers speak for their FAQ (index.faq_index.answer_evidence) from this share up
 DEFAULT_MIN_CONFIDENCE = 50.0
 
 
@@ -32,15 +33,25 @@ class ConfidenceModelError(FaqbotError, ValueError):
     code = "invalid_confidence_model"
 
 
-def ranking_features(similarity: np.ndarray, lexical: np.ndarray, fused: np.ndarray, n_faqs: int) -> np.ndarray:
-    """The features of one ranking, ordered best fused score first (arrays over its FAQs)."""
+def ranking_features(similarity: np.ndarray, lexical: np.ndarray, fused: np.ndarray, n_faqs: int,
+                     answer: np.ndarray | None = None) -> np.ndarray:
+    """The features of one ranking, ordered best fused score first (arrays over its FAQs).
+
+    `answer` is the query's cosine with the answers of the ranked FAQs, or None where answers say
+    nothing about their FAQ (placeholders): then the answer features are 0 and `has_answers` says so.
+    """
+    log_kb = math.log(max(1, n_faqs))
     if fused.size == 0:
-        return np.array([0.0, 0.0, 0.0, 0.0, 0.0, math.log(max(1, n_faqs))])
+        return np.array([0.0, 0.0, 0.0, 0.0, 0.0, log_kb, 0.0, 0.0, 0.0])
     f1 = float(fused[0])
     rest = fused[1:REST_DEPTH]
     gap2 = f1 - float(rest[0]) if rest.size else SINGLE_FAQ_GAP
     gap_rest = f1 - float(rest.mean()) if rest.size else SINGLE_FAQ_GAP
-    return np.array([float(similarity[0]), f1, gap2, gap_rest, float(lexical[0]), math.log(max(1, n_faqs))])
+    ans1 = ans_gap = has_answers = 0.0
+    if answer is not None and answer.size:
+        ans1, has_answers = float(answer[0]), 1.0
+        ans_gap = ans1 - float(answer[1:].mean()) if answer.size > 1 else SINGLE_FAQ_GAP
+    return np.array([float(similarity[0]), f1, gap2, gap_rest, float(lexical[0]), log_kb, ans1, ans_gap, has_answers])
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 Layout under `<data_dir>/index/` (index.datadir names the paths):
   versions/<version>/vectors.faiss  IndexFlatIP over every question and paraphrase
+  versions/<version>/answers.npy    one vector per FAQ answer (float32), for the confidence features
   versions/<version>/meta.json      encoder fingerprint, KB hash, counts, calibration, the FAQs
   CURRENT                           the live version's name, replaced atomically (os.replace)
 
@@ -12,6 +13,7 @@ index live, and every worker or replica sharing the directory sees one consisten
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -29,12 +31,12 @@ import numpy as np
 from faq import FAQ, KnowledgeBase
 from faq.errors import FaqbotError
 from index.calibration import Calibration, default_calibration
-from index.confidence import REST_DEPTH, fused_scores, ranking_features
+from index.confidence import ANSWER_EVIDENCE_MIN, REST_DEPTH, fused_scores, ranking_features
 from index.datadir import DataDir
 from index.encoders import Encoder, encode_in_chunks
 from index.lexical import LexicalIndex
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: answers.npy (the answers' vectors, read by the confidence model)
 KEEP_VERSIONS = 3
 CANDIDATE_ROWS = 256  # dense rows fetched per query before the hybrid re-ranking
 CANDIDATE_FAQS = 48  # distinct FAQs among them that are re-scored with their lexical score
@@ -95,6 +97,7 @@ class IndexMeta:
     build_seconds: float
     calibration: Calibration
     kb_default_threshold: float | None = None
+    answer_evidence: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -106,6 +109,7 @@ class IndexMeta:
             "built_at": self.built_at,
             "build_seconds": self.build_seconds,
             "calibration": self.calibration.to_dict(),
+            "answers": {"evidence": self.answer_evidence},
         }
 
     @classmethod
@@ -123,6 +127,7 @@ class IndexMeta:
             build_seconds=float(data["build_seconds"]),
             calibration=Calibration.from_dict(data["calibration"]),
             kb_default_threshold=data["kb"].get("default_threshold"),
+            answer_evidence=float(data.get("answers", {}).get("evidence", 0.0)),
         )
 
 
@@ -130,8 +135,9 @@ class FaqIndex:
     """Vectors of every FAQ text, the FAQs themselves, and how to read their scores."""
 
     def __init__(self, meta: IndexMeta, faqs: Sequence[FAQ], row_faq: Sequence[int], row_text: Sequence[str],
-                 vectors: faiss.Index) -> None:
+                 vectors: faiss.Index, answers: np.ndarray | None = None) -> None:
         self.meta = meta
+        self.answers = answers if answers is not None else np.zeros((len(faqs), vectors.d), dtype=np.float32)
         self.faqs = tuple(faqs)
         self.faq_by_id = {f.id: f for f in self.faqs}
         self.row_faq = np.asarray(row_faq, dtype=np.int64)
@@ -189,14 +195,17 @@ class FaqIndex:
             return [self._ranking([], np.zeros(0), np.zeros(0), []) for _ in range(len(queries))]
         weight = model.lexical_weight if model else 0.0
         lexical_queries = self.lexical.queries(texts) if weight > 0 else None
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         rankings = []
         for i, (row_scores, row_ids) in enumerate(zip(*found, strict=True)):
             positions, dense, matched = self._best_rows(row_scores, row_ids, CANDIDATE_FAQS if weight > 0 else depth)
             lexical = self._faq_lexical(lexical_queries[i], positions) if lexical_queries is not None else np.zeros(len(positions))
             fused = fused_scores(dense, lexical, weight)
             order = np.argsort(-fused, kind="stable")
-            rankings.append(self._ranking([positions[j] for j in order], dense[order], lexical[order],
-                                          [matched[j] for j in order], fused[order], depth))
+            ordered = [positions[j] for j in order]
+            answer = self.answers[ordered[:REST_DEPTH]] @ queries[i] if model and ordered else np.zeros(0)
+            rankings.append(self._ranking(ordered, dense[order], lexical[order], [matched[j] for j in order],
+                                          fused[order], answer, depth))
         return rankings
 
     def _best_rows(self, row_scores: np.ndarray, row_ids: np.ndarray, limit: int,
@@ -230,10 +239,12 @@ class FaqIndex:
         return np.maximum.reduceat(scores, starts).astype(np.float64)
 
     def _ranking(self, positions: Sequence[int], dense: np.ndarray, lexical: np.ndarray, matched: Sequence[str],
-                 fused: np.ndarray | None = None, depth: int = REST_DEPTH) -> Ranking:
+                 fused: np.ndarray | None = None, answer: np.ndarray | None = None, depth: int = REST_DEPTH) -> Ranking:
         fused = dense if fused is None else fused
         model = self.calibration.confidence
-        features = ranking_features(dense, lexical, fused, len(self.faqs))
+        answers_speak = self.meta.answer_evidence >= ANSWER_EVIDENCE_MIN
+        features = ranking_features(dense, lexical, fused, len(self.faqs),
+                                    answer if answers_speak and answer is not None else None)
         confidence = float(model.confidence(features)[0]) if model and len(positions) else None
         faqs = tuple(RankedFaq(self.faqs[p].id, float(dense[j]), float(lexical[j]), float(fused[j]), matched[j])
                      for j, p in enumerate(positions[:depth]))
@@ -278,6 +289,8 @@ def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calib
     positions = {f.id: i for i, f in enumerate(kb.faqs)}
     texts = [text for _, text in pairs]
     matrix = encode_in_chunks(encoder.encode_passages, texts, encoder.dim, progress=progress)
+    answers = encode_in_chunks(encoder.encode_passages, [f.answer for f in kb.faqs], encoder.dim)
+    question_rows = [i for i, (fid, _) in enumerate(pairs) if i == 0 or pairs[i - 1][0] != fid]
     flat = faiss.IndexFlatIP(encoder.dim)
     if len(matrix):
         flat.add(np.ascontiguousarray(matrix, dtype=np.float32))
@@ -294,8 +307,25 @@ def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calib
         build_seconds=round(time.perf_counter() - started, 3),
         calibration=calibration or default_calibration(encoder.fingerprint),
         kb_default_threshold=kb.default_threshold,
+        answer_evidence=answer_evidence(matrix[question_rows], answers),
     )
-    return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, flat)
+    return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, flat, answers)
+
+
+def answer_evidence(questions: np.ndarray, answers: np.ndarray, sample: int = 512) -> float:
+    """Share of FAQs whose question lies nearest to its own answer among all answers (a seeded sample of them).
+
+    High on a real KB (0.75-0.92 on ours), ~0 when answers are placeholders or all alike: only then
+    does the confidence model read the query's similarity to the answers.
+    """
+    n = len(questions)
+    if n < 2:
+        return 0.0
+    rows = np.random.default_rng(0).choice(n, size=min(n, sample), replace=False)
+    search = faiss.IndexFlatIP(answers.shape[1])
+    search.add(np.ascontiguousarray(answers, dtype=np.float32))
+    _, nearest = search.search(np.ascontiguousarray(questions[rows], dtype=np.float32), 1)
+    return round(float(np.mean(nearest[:, 0] == rows)), 4)
 
 
 def with_calibration(index: FaqIndex, calibration: Calibration) -> FaqIndex:
@@ -305,7 +335,7 @@ def with_calibration(index: FaqIndex, calibration: Calibration) -> FaqIndex:
         time.sleep(0.001)
         version = new_version(index.meta.kb_hash)
     meta = replace(index.meta, version=version, calibration=calibration)
-    return FaqIndex(meta, index.faqs, index.row_faq.tolist(), index.row_text, index.vectors)
+    return FaqIndex(meta, index.faqs, index.row_faq.tolist(), index.row_text, index.vectors, index.answers)
 
 
 def _faq_to_dict(f: FAQ) -> dict[str, object]:
@@ -343,6 +373,9 @@ def publish_index(index: FaqIndex, data_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=versions))
     try:
         _write_file(staging / "vectors.faiss", faiss.serialize_index(index.vectors).tobytes())
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(index.answers, dtype=np.float32))
+        _write_file(staging / "answers.npy", buffer.getvalue())
         payload = {
             **index.meta.to_dict(),
             "faqs": [_faq_to_dict(f) for f in index.faqs],
@@ -403,6 +436,7 @@ def load_index(data_dir: Path, version: str | None = None) -> FaqIndex:
     try:
         payload = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         vectors = faiss.deserialize_index(np.fromfile(folder / "vectors.faiss", dtype=np.uint8))
+        answers = np.load(folder / "answers.npy")
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise IndexUnavailableError(f"index version {version} in {folder} cannot be read: {exc}") from exc
     if payload.get("format") != FORMAT_VERSION:
@@ -411,7 +445,9 @@ def load_index(data_dir: Path, version: str | None = None) -> FaqIndex:
     if vectors.ntotal != meta.n_vectors:
         raise IndexUnavailableError(f"index version {version} is incomplete ({vectors.ntotal} of {meta.n_vectors} vectors)")
     faqs = [_faq_from_dict(d) for d in payload["faqs"]]
-    return FaqIndex(meta, faqs, payload["rows"]["faq"], payload["rows"]["text"], vectors)
+    if answers.shape != (len(faqs), vectors.d):
+        raise IndexUnavailableError(f"index version {version} has {answers.shape} answer vectors for {len(faqs)} FAQs")
+    return FaqIndex(meta, faqs, payload["rows"]["faq"], payload["rows"]["text"], vectors, answers)
 
 
 def check_compatible(index: FaqIndex, encoder: Encoder, kb: KnowledgeBase | None = None) -> None:
