@@ -5,16 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from admin.cli.common import add_common, command_line, configured_encoder, settings_from
 from admin.errors import CommandError, UsageError
-from admin.quality.calibrate import CalibrationFit, calibrate_from_kb, calibrate_from_pairs, read_pair_files
-from admin.quality.evaluation import FaqEvalResult, PairEvalResult, evaluate_faq, evaluate_pairs, load_queries
+from admin.quality.calibrate import (
+    CachingEncoder,
+    CalibrationFit,
+    calibrate_from_kb,
+    calibrate_from_pairs,
+    read_pair_files,
+)
+from admin.quality.evaluation import (
+    EvalQuery,
+    FaqEvalResult,
+    PairEvalResult,
+    evaluate_faq,
+    evaluate_pairs,
+    load_queries,
+)
+from admin.quality.kb_calibration import MIN_EVIDENCE, kb_evidence, tune_on_golden, with_min_confidence
 from admin.quality.report import fmt_number
 from bot.service import build_and_publish, previous_calibration
 from bot.settings import Settings
-from faq import load_kb
+from faq import KnowledgeBase, load_kb
+from faq.golden import golden_file, load_golden
 from index.calibration import Calibration, default_calibration, write_shipped_calibration
 from index.datadir import DataDir
 from index.encoders import Encoder
@@ -140,41 +156,131 @@ def print_fit(fit: CalibrationFit) -> None:
           + "; ".join(f"{r.margin:.4f} {r.clarified} {r.wrong_prevented} {r.right_delayed}" for r in fit.margins[:7]) + ")")
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    encoder = configured_encoder(settings)
-    command = command_line()
-    try:
-        if args.pairs:
-            pair_sets = read_pair_files(args.pairs, max_pairs=args.max_pairs)
-            threshold_sets = read_pair_files(args.threshold_pairs, max_pairs=args.max_pairs) if args.threshold_pairs else None
-            total = sum(2 * len(p) for p in {**pair_sets, **(threshold_sets or {})}.values())
-            fit = calibrate_from_pairs(encoder, pair_sets, threshold_sets=threshold_sets, max_faqs=args.max_faqs,
-                                       command=command, progress=progress_bar("encoding pairs + simulated FAQs")(total))
-        else:
-            kb = load_kb(settings.kb)
-            fit = calibrate_from_kb(encoder, kb, command=command,
-                                    progress=progress_bar("encoding the KB")(2 * len(kb.texts())))
-    except OSError as exc:
-        raise CommandError(str(exc)) from exc
-    print_fit(fit)
-    if args.dry_run:
-        print("dry run: nothing stored")
-        return 0
-    if args.write_shipped:
-        path = write_shipped_calibration(fit.calibration, encoder.fingerprint)
-        print(f"wrote the shipped calibration {path}")
+def _store(settings: Settings, encoder: Encoder, calibration: Calibration) -> None:
+    """Publish the live index (or a fresh build) read with `calibration`; running servers pick it up."""
     try:
         live = load_index(settings.data_dir)
     except IndexUnavailableError:
         live = None
     if live is not None and live.meta.fingerprint == encoder.fingerprint:
-        index = with_calibration(live, fit.calibration)
+        index = with_calibration(live, calibration)
         publish_index(index, settings.data_dir)
     else:
-        index = build_and_publish(settings, encoder, calibration=fit.calibration,
+        index = build_and_publish(settings, encoder, calibration=calibration,
                                   progress=progress_bar("encoding the KB")(len(load_kb(settings.kb).texts())))
     print(f"stored in index {index.version} ({DataDir(settings.data_dir).index.resolve()}); running servers pick it up")
+
+
+def _fit_confidence(args: argparse.Namespace, encoder: Encoder, base: Calibration) -> Calibration:
+    """Fit the confidence model on pair-file and KB domains (maintainers: how the shipped one is made)."""
+    from admin.quality.confidence_fit import fit_from_domains, group_rows, kb_domains, pair_domains
+    from admin.quality.confidence_report import write_confidence_report
+
+    domains = pair_domains(read_pair_files(args.confidence_pairs or [], max_pairs=args.max_pairs))
+    domains += kb_domains(args.confidence_kbs or [])
+    extra = pair_domains(read_pair_files(args.extra_pairs or [], max_pairs=args.max_pairs), sizes=(800,))
+    total = sum(len(d.queries) + len(d.kb.texts()) for d in (*domains, *extra)) * 6
+    fit = fit_from_domains(domains, CachingEncoder(encoder), old_threshold=base.threshold, extra=extra,
+                           progress=progress_bar("scoring domains")(total))
+    print(f"confidence model on {len(domains)} domains: lexical weight {fit.model.lexical_weight:g}, "
+          f"features {', '.join(fit.model.features)}")
+    print("  held-out domain          old rule  best thr  confidence  vs best  top-1 dense->hybrid")
+    for r in group_rows(fit.rows):
+        print(f"  {r.name:24s} {r.old_rule:8.3f}  {r.best_threshold:8.3f}  {r.confidence_rule:10.3f}  "
+              f"{r.confidence_rule - r.best_threshold:+7.3f}  {r.dense_top1:.3f}->{r.top1:.3f}{'' if r.fitted else '  (not fitted on)'}")
+    print("  reliability: " + "  ".join(f"{b.low}-{b.high}: {b.share_right:.0f}% right" for b in fit.reliability))
+    if args.report_dir:
+        path = write_confidence_report(fit, args.report_dir, command=command_line(), encoder=encoder.fingerprint)
+        print(f"report: {path}")
+    return replace(base, confidence=fit.model,
+                   extra={**base.extra, "confidence": {"domains": fit.domain_names, "command": command_line()}})
+
+
+def _calibrate_kb(args: argparse.Namespace, settings: Settings, encoder: Encoder) -> Calibration | None:
+    """The KB's evidence and, with a golden file, a line it clearly supports; None keeps what is in force."""
+
+    kb = load_kb(settings.kb)
+    current = configured_calibration(settings, encoder)
+    if current.confidence is None:
+        return _calibrate_kb_cosine(args, settings, encoder, kb)
+    evidence = kb_evidence(kb, encoder, current)
+    print(f"KB {settings.kb}: {len(kb.faqs)} FAQs; answer line in force: confidence >= {current.confidence.min_confidence:g} "
+          f"({current.source})")
+    if evidence.enough:
+        print(f"  leave-out simulation: {evidence.paraphrases_right}/{evidence.paraphrases} paraphrases answered right, "
+              f"{evidence.removed_refused}/{evidence.removed_questions} questions of removed FAQs refused; "
+              f"the simulation's best line would be {evidence.best_line:g}")
+        print("  not applied: on the measured domains a KB's own simulation did not predict its best line "
+              "(docs/quality.md); a golden tests.yaml can move it")
+    else:
+        print(f"  the KB gives too little evidence ({evidence.paraphrases} paraphrases, {evidence.removed_questions} "
+              f"questions of removed FAQs; {MIN_EVIDENCE} of each needed): keeping the shipped fit")
+    golden_path = args.golden or golden_file(settings.kb)
+    if not golden_path.is_file():
+        print(f"  no golden questions ({golden_path}): keeping the shipped fit, nothing stored")
+        return None
+    if settings.threshold is not None or kb.default_threshold is not None:
+        print("  a cosine threshold is set (FAQBOT_THRESHOLD or defaults.threshold): the confidence line does not apply")
+        return None
+    golden = [EvalQuery(c.query, c.expected) for c in load_golden(golden_path)]
+    tuning = tune_on_golden(kb, encoder, current, golden)
+    print(f"  golden {golden_path}: {tuning.current_right}/{tuning.cases} right at line {tuning.current_line:g}; "
+          f"best line {tuning.best_line:g} gives {tuning.best_right}/{tuning.cases}")
+    if tuning.adopted is None:
+        print(f"  keeping line {tuning.current_line:g}: {tuning.reason}")
+        return None
+    print(f"  moving the line to {tuning.adopted:g}: {tuning.reason}")
+    return with_min_confidence(current, tuning.adopted, f"golden {tuning.best_right}/{tuning.cases}")
+
+
+def _calibrate_kb_cosine(args: argparse.Namespace, settings: Settings, encoder: Encoder,
+                         kb: KnowledgeBase) -> Calibration | None:
+    """Encoders without a confidence model: the KB's cosine fit, refused if it loses golden answers."""
+    fit = calibrate_from_kb(encoder, kb, command=command_line(),
+                            progress=progress_bar("encoding the KB")(2 * len(kb.texts())))
+    print_fit(fit)
+    golden_path = args.golden or golden_file(settings.kb)
+    if not golden_path.is_file():
+        return fit.calibration
+    golden = load_queries(golden_path)
+    before = evaluate_faq(encoder, kb, golden, threshold=settings.threshold,
+                          calibration=configured_calibration(settings, encoder)).overall_accuracy
+    after = evaluate_faq(encoder, kb, golden, threshold=settings.threshold, calibration=fit.calibration).overall_accuracy
+    print(f"  golden {golden_path}: overall {before:.3f} before, {after:.3f} with the fit")
+    if after < before:
+        print("  refused: the fit would answer fewer golden questions right; keeping what is in force")
+        return None
+    return fit.calibration
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    encoder = configured_encoder(settings)
+    try:
+        if args.confidence_pairs or args.confidence_kbs:
+            calibration: Calibration | None = _fit_confidence(args, encoder, default_calibration(encoder.fingerprint))
+        elif args.pairs:
+            pair_sets = read_pair_files(args.pairs, max_pairs=args.max_pairs)
+            threshold_sets = read_pair_files(args.threshold_pairs, max_pairs=args.max_pairs) if args.threshold_pairs else None
+            total = sum(2 * len(p) for p in {**pair_sets, **(threshold_sets or {})}.values())
+            fit = calibrate_from_pairs(encoder, pair_sets, threshold_sets=threshold_sets, max_faqs=args.max_faqs,
+                                       command=command_line(),
+                                       progress=progress_bar("encoding pairs + simulated FAQs")(total))
+            print_fit(fit)
+            calibration = replace(fit.calibration, confidence=default_calibration(encoder.fingerprint).confidence)
+        else:
+            calibration = _calibrate_kb(args, settings, encoder)
+    except OSError as exc:
+        raise CommandError(str(exc)) from exc
+    if calibration is None:
+        return 0
+    if args.dry_run:
+        print("dry run: nothing stored")
+        return 0
+    if args.write_shipped:
+        path = write_shipped_calibration(calibration, encoder.fingerprint)
+        print(f"wrote the shipped calibration {path}")
+    _store(settings, encoder, calibration)
     return 0
 
 
@@ -203,5 +309,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="FAQs per simulated retrieval benchmark (default 800)")
     p.add_argument("--write-shipped", dest="write_shipped", action="store_true",
                    help="also write the package's calibration file for this encoder (maintainers)")
+    p.add_argument("--golden", type=Path, help="golden questions (default: tests.yaml beside the KB)")
+    p.add_argument("--confidence-pairs", dest="confidence_pairs", type=Path, nargs="+",
+                   help="fit the confidence model: pair files simulated as FAQ domains (maintainers)")
+    p.add_argument("--confidence-kbs", dest="confidence_kbs", type=Path, nargs="+",
+                   help="fit the confidence model: KB directories with a tests.yaml, one domain each")
+    p.add_argument("--extra-pairs", dest="extra_pairs", type=Path, nargs="+",
+                   help="pair files judged by the confidence model but not fitted on (reported only)")
+    p.add_argument("--report-dir", dest="report_dir", type=Path, help="write the confidence fit's report and plots here")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="fit and print, store nothing")
     p.set_defaults(func=cmd_calibrate)

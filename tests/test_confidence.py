@@ -1,0 +1,233 @@
+"""The decision by confidence: lexical scores, the confidence model, the matcher's rule precedence,
+the answers' evidence, stored indexes, and the fit and its leave-one-domain-out judgement."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from admin.quality.confidence_fit import (
+    Domain,
+    ScoredDomain,
+    best_cosine_threshold,
+    choose_lexical_weight,
+    fit_confidence,
+    leave_one_domain_out,
+    reliability,
+    with_paraphrases,
+)
+from admin.quality.evaluation import EvalQuery, reliability_bins
+from bot.matcher import Matcher
+from faq import FAQ, KnowledgeBase
+from index.calibration import Calibration
+from index.confidence import FEATURES, SINGLE_FAQ_GAP, ConfidenceModel, ConfidenceModelError, ranking_features
+from index.faq_index import IndexUnavailableError, answer_evidence, build_index, load_index, publish_index
+from index.lexical import LexicalIndex, lexical_form
+
+
+class CharEncoder:
+    """A deterministic bag-of-characters model (hashed into 256 dims): texts sharing characters are close."""
+
+    name = "chars"
+    dim = 256
+    fingerprint = "chars:test"
+
+    def encode_queries(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for ch in lexical_form(text):
+                out[i, ord(ch) % self.dim] += 1.0
+            out[i] /= max(1e-9, float(np.linalg.norm(out[i])))
+        return out
+
+    encode_passages = encode_queries
+
+
+def model(**overrides) -> ConfidenceModel:
+    """Confidence rises with the top cosine: 50 at s1 = 0.8."""
+    values = dict(features=("s1",), coef=(10.0,), intercept=0.0, mean=(0.8,), scale=(1.0,), lexical_weight=0.05)
+    return ConfidenceModel(**{**values, **overrides})
+
+
+KB = KnowledgeBase(faqs=(
+    FAQ(id="invoice", question="怎么开发票", answer="在订单页申请电子发票", paraphrases=("可以开票吗",)),
+    FAQ(id="refund", question="退款多久到账", answer="退款三个工作日内原路退回", paraphrases=("钱什么时候退回来",)),
+    FAQ(id="ship", question="什么时候发货", answer="下单后四十八小时内发货", paraphrases=("多久能发出",)),
+))
+
+
+# --- lexical --------------------------------------------------------------------------------------
+
+
+def test_lexical_scores_are_character_cosines_ignoring_case_space_and_punctuation() -> None:
+    lex = LexicalIndex(["怎么开发票", "退款多久到账", "ABC"])
+    q = lex.queries(["怎么 开发票？", "abc!", "今天天气"])
+    rows = np.arange(3)
+    assert lex.scores(q[0], rows) == pytest.approx([1.0, 0.0, 0.0], abs=1e-6)
+    assert lex.scores(q[1], rows)[2] == pytest.approx(1.0, abs=1e-6)
+    assert lex.scores(q[2], rows) == pytest.approx([0.0, 0.0, 0.0])  # no character of it is in the KB
+    assert lexical_form("Ａ b，C") == "abc"
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+def test_confidence_model_reads_features_and_round_trips() -> None:
+    m = model()
+    rows = np.array([ranking_features(np.array([s]), np.zeros(1), np.array([s]), 10) for s in (0.7, 0.8, 0.9)])
+    low, mid, high = m.confidence(rows)
+    assert low < mid == 50.0 < high and 0 <= low and high <= 100
+    assert ConfidenceModel.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    cal = Calibration(confidence=m)
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))).confidence == m
+
+
+@pytest.mark.parametrize("bad", [dict(features=("nope",)), dict(coef=(math.nan,)), dict(scale=(0.0,)),
+                                 dict(min_confidence=120.0), dict(coef=(1.0, 2.0))])
+def test_a_broken_model_is_refused_with_a_clear_error(bad: dict) -> None:
+    with pytest.raises(ConfidenceModelError):
+        model(**bad)
+    with pytest.raises(ConfidenceModelError):
+        ConfidenceModel.from_dict({"features": ["s1"]})
+
+
+def test_ranking_features_of_a_one_faq_kb_and_without_answers() -> None:
+    one = ranking_features(np.array([0.9]), np.array([0.5]), np.array([0.92]), 1)
+    named = dict(zip(FEATURES, one, strict=True))
+    assert named["gap2"] == named["gap_rest"] == SINGLE_FAQ_GAP and named["log_kb"] == 0.0
+    assert named["has_answers"] == 0.0 and named["ans1"] == 0.0
+    with_answers = dict(zip(FEATURES, ranking_features(np.array([0.9, 0.8, 0.7]), np.zeros(3), np.array([0.9, 0.8, 0.7]),
+                                                       3, np.array([0.6, 0.2, 0.4])), strict=True))
+    assert with_answers["has_answers"] == 1.0 and with_answers["ans_gap"] == pytest.approx(0.6 - 0.3)
+
+
+def test_answer_evidence_is_high_for_real_answers_and_low_for_placeholders() -> None:
+    enc = CharEncoder()
+    questions = enc.encode_passages([f.question for f in KB.faqs])
+    assert answer_evidence(questions, enc.encode_passages([f.answer for f in KB.faqs])) >= 0.66
+    placeholders = enc.encode_passages(["ANSWER 1", "ANSWER 2", "ANSWER 3"])
+    assert answer_evidence(questions, placeholders) <= 0.34
+    assert answer_evidence(questions[:1], placeholders[:1]) == 0.0
+
+
+# --- the decision ---------------------------------------------------------------------------------
+
+
+def test_rank_fuses_lexical_scores_and_gives_a_confidence() -> None:
+    enc = CharEncoder()
+    index = build_index(KB, enc, calibration=Calibration(confidence=model()))
+    (ranking,) = index.rank(enc.encode_queries(["可以开票吗"]), ["可以开票吗"])
+    top = ranking.faqs[0]
+    assert top.faq_id == "invoice" and top.lexical == pytest.approx(1.0, abs=1e-5)
+    assert top.score == pytest.approx(top.similarity + 0.05 * top.lexical)
+    assert ranking.confidence is not None and ranking.confidence > 80  # 100 / (1 + e^-2) at cosine 1
+    plain = build_index(KB, enc, calibration=Calibration())
+    (dense,) = plain.rank(enc.encode_queries(["可以开票吗"]), ["可以开票吗"])
+    assert dense.confidence is None and dense.faqs[0].score == dense.faqs[0].similarity
+
+
+def test_rule_precedence_confidence_by_default_thresholds_win_when_set() -> None:
+    enc = CharEncoder()
+    texts = ["可以开票吗", "今天天气怎么样"]
+    vectors = enc.encode_queries(texts)
+    index = build_index(KB, enc, calibration=Calibration(threshold=0.99, confidence=model()))
+    answer, refuse = Matcher(index).match_vectors(vectors, texts)
+    assert answer.matched and answer.threshold is None and answer.min_confidence == 50.0
+    assert not refuse.matched and refuse.confidence is not None and refuse.confidence < 50
+    # FAQBOT_MIN_CONFIDENCE moves the line; FAQBOT_THRESHOLD and the KB default bring back the cosine rule.
+    assert not Matcher(index, min_confidence=100.0).match_vectors(vectors, texts)[0].matched
+    by_cosine = Matcher(index, threshold=0.2, min_confidence=100.0).match_vectors(vectors, texts)[0]
+    assert by_cosine.matched and by_cosine.threshold == 0.2 and by_cosine.min_confidence is None
+    assert Matcher(index, kb_default_threshold=1.0).match_vectors(vectors, texts)[0].threshold == 1.0
+    # A per-FAQ threshold decides for its FAQ only.
+    strict = KnowledgeBase(faqs=(replace(KB.faqs[0], threshold=1.0), *KB.faqs[1:]))
+    strict_index = build_index(strict, enc, calibration=Calibration(confidence=model()))
+    decision = Matcher(strict_index).match_vectors(vectors[:1], texts[:1])[0]
+    assert decision.threshold == 1.0 and not decision.matched
+    # An encoder without a model: the calibration's cosine threshold, no confidence.
+    plain = build_index(KB, enc, calibration=Calibration(threshold=0.5))
+    old = Matcher(plain).match_vectors(vectors, texts)[0]
+    assert old.matched and old.confidence is None and old.threshold == 0.5
+
+
+def test_a_published_index_keeps_answers_and_model_and_refuses_the_old_format(tmp_path: Path) -> None:
+    enc = CharEncoder()
+    index = build_index(KB, enc, calibration=Calibration(confidence=model()))
+    folder = publish_index(index, tmp_path)
+    loaded = load_index(tmp_path)
+    assert loaded.calibration.confidence == model()
+    assert np.allclose(loaded.answers, index.answers) and loaded.meta.answer_evidence == index.meta.answer_evidence
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    meta["format"] = 1
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(IndexUnavailableError, match="format 1"):
+        load_index(tmp_path)
+
+
+# --- the fit --------------------------------------------------------------------------------------
+
+
+def synthetic(name: str, rng: np.random.Generator, n: int = 200, shift: float = 0.0) -> ScoredDomain:
+    """Right answers have a high top cosine and gap; wrong/out-of-scope ones a low one."""
+    right = rng.random(n) < 0.6
+    in_scope = right | (rng.random(n) < 0.3)
+    s1 = np.where(right, 0.95, 0.88) + rng.normal(0, 0.02, n) + shift
+    features = np.zeros((n, len(FEATURES)))
+    features[:, FEATURES.index("s1")] = s1
+    features[:, FEATURES.index("f1")] = s1
+    features[:, FEATURES.index("gap2")] = np.where(right, 0.05, 0.01) + rng.normal(0, 0.01, n)
+    domain = Domain(name, name, KB, tuple(EvalQuery(str(i), None) for i in range(n)))
+    return ScoredDomain(domain, features, right, in_scope, s1, right)
+
+
+def test_fit_and_leave_one_domain_out_on_separable_domains() -> None:
+    rng = np.random.default_rng(3)
+    scored = [synthetic(f"d{i}", rng, shift=0.005 * i) for i in range(4)]
+    m = fit_confidence(scored, features=("s1", "gap2"), lexical_weight=0.05)
+    assert all(c > 0 for c in m.coef)
+    rows, held_out = leave_one_domain_out(scored, [synthetic("extra", rng)], 0.99, features=("s1", "gap2"),
+                                          lexical_weight=0.05)
+    assert [r.fitted for r in rows] == [True] * 4 + [False]
+    for r in rows:
+        assert r.old_rule < 0.5 < r.confidence_rule  # 0.99 refuses almost everything
+        assert r.confidence_rule >= r.best_threshold - 0.05
+    bins = reliability(held_out)
+    assert bins[0].share_right < 20 and bins[-1].share_right > 80
+
+
+def test_best_cosine_threshold_equals_brute_force() -> None:
+    rng = np.random.default_rng(5)
+    s = synthetic("d", rng, n=60)
+    value, best = best_cosine_threshold(s)
+    brute = max(float(((s.dense_similarity >= t) & s.dense_right | (s.dense_similarity < t) & ~s.in_scope).mean())
+                for t in [*s.dense_similarity, 2.0])
+    assert best == pytest.approx(brute)
+    answered = s.dense_similarity >= value
+    assert float((answered & s.dense_right | ~answered & ~s.in_scope).mean()) == pytest.approx(best)
+
+
+def test_lexical_weight_choice_tolerates_one_question_per_domain_at_most() -> None:
+    top1 = {0.0: [0.90, 0.80], 0.05: [0.89, 0.90], 0.1: [0.80, 1.00]}
+    assert choose_lexical_weight(top1, [100, 100]) == 0.05  # 0.1 costs domain 1 ten questions
+    assert choose_lexical_weight(top1, [10, 100]) == 0.1  # ... but only one of ten here
+
+
+def test_paraphrase_variant_moves_one_question_per_faq_into_the_kb() -> None:
+    kb = KnowledgeBase(faqs=(FAQ(id="a", question="A", answer="x"), FAQ(id="b", question="B", answer="y")))
+    queries = [EvalQuery("a1", "a"), EvalQuery("a2", "a"), EvalQuery("b1", "b"), EvalQuery("out", None)]
+    para_kb, kept = with_paraphrases(kb, queries)
+    assert para_kb.faqs[0].paraphrases == ("a1",) and para_kb.faqs[1].paraphrases == ()
+    assert [q.query for q in kept] == ["a2", "b1", "out"]
+
+
+def test_reliability_bins_weigh_and_count() -> None:
+    conf = np.array([5.0, 15.0, 95.0, 100.0])
+    right = np.array([False, True, True, True])
+    bins = reliability_bins(conf, right)
+    assert [(b.low, b.questions) for b in bins] == [(0, 1), (10, 1), (90, 2)]
+    assert bins[-1].share_right == 100.0 and bins[-1].mean_confidence == pytest.approx(97.5)
