@@ -31,7 +31,7 @@ from bot.service import build_and_publish, previous_calibration
 from bot.settings import Settings
 from faq import KnowledgeBase, load_kb
 from faq.golden import golden_file, load_golden
-from index.calibration import Calibration, default_calibration, write_shipped_calibration
+from index.calibration import SCOPE_LOCAL, Calibration, default_calibration, write_shipped_calibration
 from index.datadir import DataDir
 from index.encoders import Encoder
 from index.faq_index import IndexUnavailableError, load_index, publish_index, with_calibration
@@ -50,13 +50,17 @@ def print_faq_result(result: FaqEvalResult, threshold_origin: str) -> None:
     if result.unknown_expected:
         print(f"warning: {len(result.unknown_expected)} expected id(s) not in the KB, e.g. {', '.join(result.unknown_expected[:5])}")
     print(f"in scope:        top-1 {fmt_number(result.top1)}   MRR@10 {fmt_number(result.mrr10)}   recall@5 {fmt_number(result.recall5)}")
-    print(f"threshold:       {result.threshold:.4f} (= {pct(result.threshold)}%, {threshold_origin})   "
-          f"margin {result.margin:.4f}")
-    print(f"at threshold:    in scope answered right {fmt_number(at.in_scope_answered_right)}   "
+    if result.min_confidence is not None:
+        print(f"answer line:     confidence >= {result.min_confidence:g} ({threshold_origin})   margin {result.margin:.4f}")
+    else:
+        print(f"threshold:       {result.threshold:.4f} (= {pct(result.threshold)}%, {threshold_origin})   "
+              f"margin {result.margin:.4f}")
+    print(f"as /chat decides: in scope answered right {fmt_number(at.in_scope_answered_right)}   "
           f"out-of-scope rejected {fmt_number(result.oos_rejection)}   overall accuracy {fmt_number(result.overall_accuracy)}")
     print(f"                 precision {fmt_number(at.precision)}   answer rate {fmt_number(at.answer_rate)}   "
           f"clarify questions {int(at.clarified.sum())}")
-    print(f"sweep:           max overall accuracy {fmt_number(sweep.best_accuracy)} at threshold {sweep.best_threshold:.4f} "
+    print_confidence_figures(result)
+    print(f"cosine sweep:    max overall accuracy {fmt_number(sweep.best_accuracy)} at threshold {sweep.best_threshold:.4f} "
           f"(= {pct(sweep.best_threshold)}%)")
     if sweep.precision_threshold is None:
         print(f"                 {sweep.precision_target:.0%} precision is not reached at any threshold")
@@ -72,6 +76,18 @@ def print_faq_result(result: FaqEvalResult, threshold_origin: str) -> None:
     print(f"  recommended margin: {result.recommended_margin:.4f}")
 
 
+def print_confidence_figures(result: FaqEvalResult) -> None:
+    """Overall accuracy at each confidence line, and the reliability table (does ~80 mean ~80% right?)."""
+    sweep = result.confidence_sweep(step=10.0)
+    if not sweep:
+        return
+    best = max(sweep, key=lambda row: row[1])
+    print("confidence line: " + "  ".join(f">={line:.0f}: {acc:.3f}" for line, acc, _ in sweep)
+          + f"   (best {best[1]:.3f} at {best[0]:.0f})")
+    print("reliability:     " + "  ".join(f"{b.low}-{b.high}: {b.share_right:.0f}% right of {b.questions}"
+                                          for b in result.reliability()))
+
+
 def print_pair_result(name: str, result: PairEvalResult) -> None:
     if result.kind == "graded":
         print(f"{name}: {result.n_pairs} graded pairs   Spearman {fmt_number(result.spearman * 100, 1)}   "
@@ -82,13 +98,18 @@ def print_pair_result(name: str, result: PairEvalResult) -> None:
               f"{fmt_number(result.median_percent_positive, 1)}, unrelated {fmt_number(result.median_percent_negative, 1)}")
 
 
-def _threshold_origin(settings: Settings, kb_default: float | None, override: float | None) -> str:
+def _threshold_origin(settings: Settings, kb_default: float | None, override: float | None,
+                      line: float | None = None) -> str:
+    if line is not None:
+        return "--min-confidence"
     if kb_default is not None:
         return "KB defaults.threshold"
     if override is not None:
         return "--threshold"
     if settings.threshold is not None:
         return "FAQBOT_THRESHOLD"
+    if settings.min_confidence is not None:
+        return "FAQBOT_MIN_CONFIDENCE"
     return "calibration"
 
 
@@ -106,11 +127,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             queries = load_queries(args.queries)
             threshold = args.threshold if args.threshold is not None else settings.threshold
             advance = progress_bar("encoding KB + queries")(len(kb.texts()) + len(queries))
-            result = evaluate_faq(encoder, kb, queries, threshold=threshold, margin=args.margin,
+            line = args.min_confidence if args.min_confidence is not None else settings.min_confidence
+            result = evaluate_faq(encoder, kb, queries, threshold=threshold, margin=args.margin, min_confidence=line,
                                   calibration=calibration, progress=advance)
             if not args.json:
                 print(f"FAQ benchmark {args.queries} on KB {settings.kb} ({len(kb.faqs)} FAQs), encoder {encoder.fingerprint}")
-                print_faq_result(result, _threshold_origin(settings, kb.default_threshold, args.threshold))
+                print_faq_result(result, _threshold_origin(settings, kb.default_threshold, args.threshold,
+                                                           args.min_confidence))
             summary["faq"] = result.summary()
             if args.report_dir:
                 from admin.quality.report import write_faq_report
@@ -192,8 +215,10 @@ def _fit_confidence(args: argparse.Namespace, encoder: Encoder, base: Calibratio
     if args.report_dir:
         path = write_confidence_report(fit, args.report_dir, command=command_line(), encoder=encoder.fingerprint)
         print(f"report: {path}")
+    # Local until --write-shipped makes it the package's: a rebuild of this deployment keeps it.
     return replace(base, confidence=fit.model,
-                   extra={**base.extra, "confidence": {"domains": fit.domain_names, "command": command_line()}})
+                   extra={**base.extra, "scope": SCOPE_LOCAL,
+                          "confidence": {"domains": fit.domain_names, "command": command_line()}})
 
 
 def _calibrate_kb(args: argparse.Namespace, settings: Settings, encoder: Encoder) -> Calibration | None:
@@ -292,6 +317,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report-dir", dest="report_dir", type=Path, help="write a Markdown report with PNG plots here")
     p.add_argument("--threshold", type=float, help="evaluate at this threshold instead of the configured one")
     p.add_argument("--margin", type=float, help="ambiguity margin instead of the calibrated one")
+    p.add_argument("--min-confidence", dest="min_confidence", type=float,
+                   help="evaluate at this confidence line (0-100) instead of the configured one")
     p.add_argument("--max-pairs", dest="max_pairs", type=int, help="use a seeded sample of this many pairs per file")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_eval)

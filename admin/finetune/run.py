@@ -65,6 +65,7 @@ from admin.quality.calibrate import faq_bench_from_pairs, read_pair_files
 from admin.quality.evaluation import EvalDataError, load_queries
 from bot.settings import Settings
 from faq import load_kb
+from faq.golden import golden_file
 from index.datadir import DataDir
 
 PROVENANCE_FILE = "finetune.json"
@@ -325,11 +326,21 @@ def run_finetune(request: FinetuneRequest, settings: Settings, *, command: str) 
     return FinetuneOutcome("deployed", plan.out_dir, report)
 
 
+def served_golden_set(settings: Settings, validation: Validation) -> list[FaqSet]:
+    """The served KB's own golden questions (tests.yaml beside it) always gate a deploy, as they gate a reload:
+    a fine-tune that answers fewer of them right is not deployed."""
+    golden = golden_file(settings.kb)
+    if not golden.is_file() or any(Path(k).resolve() == Path(settings.kb).resolve() for k in validation.eval_kbs):
+        return []
+    return [FaqSet(f"golden:{Path(settings.kb).name}", load_kb(settings.kb), load_queries(golden))]
+
+
 def _plan(request: FinetuneRequest, settings: Settings) -> _Plan:
     """The data, the held-out split, the sets and the config, every option checked (UsageError)."""
     started = time.monotonic()
     rows, data_summary = load_training_rows(request.data, settings)
     faq_sets, pair_sets = eval_sets(request.validation)
+    faq_sets += served_golden_set(settings, request.validation)
     if request.deploy and not faq_sets:
         raise UsageError("--deploy needs a held-out FAQ set to gate on: --eval-kb KB --eval-queries Q.jsonl")
     validating = bool(faq_sets or pair_sets)

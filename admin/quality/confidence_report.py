@@ -8,31 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from admin.quality.confidence_fit import ConfidenceFit, DomainRow, group_rows
-from admin.quality.evaluation import ReliabilityBin
-from admin.quality.report import fmt_number, pyplot
-
-
-def plot_reliability(bins: Sequence[ReliabilityBin], path: Path, title: str) -> Path:
-    """Stated confidence against the share of right top answers, per bin (the diagonal is a perfect reading)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
-    ax.plot([0, 100], [0, 100], color="#9e9e9e", linestyle="--", label="perfectly calibrated")
-    if bins:
-        ax.plot([b.mean_confidence for b in bins], [b.share_right for b in bins], marker="o", color="#1565c0",
-                label="held-out questions")
-        for b in bins:
-            ax.annotate(str(b.questions), (b.mean_confidence, b.share_right), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7)
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("confidence (bin mean)")
-    ax.set_ylabel("% of these questions whose top FAQ was right")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+from admin.quality.report import fmt_number, plot_reliability, pyplot
 
 
 def plot_domains(rows: Sequence[DomainRow], path: Path) -> Path:

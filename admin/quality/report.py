@@ -8,7 +8,7 @@ from types import ModuleType
 
 import numpy as np
 
-from admin.quality.evaluation import FaqEvalResult, PairEvalResult
+from admin.quality.evaluation import FaqEvalResult, PairEvalResult, ReliabilityBin
 
 HIST_COLOURS = {"correct": "#2e7d32", "wrong": "#c62828", "out_of_scope": "#757575"}
 HIST_LABELS = {"correct": "in scope, best match right", "wrong": "in scope, best match wrong",
@@ -80,6 +80,29 @@ def plot_accuracy_curve(result: FaqEvalResult, path: Path) -> Path:
     return path
 
 
+def plot_reliability(bins: Sequence[ReliabilityBin], path: Path, title: str) -> Path:
+    """Stated confidence against the share of right top answers, per bin (the diagonal is a perfect reading)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    ax.plot([0, 100], [0, 100], color="#9e9e9e", linestyle="--", label="perfectly calibrated")
+    if bins:
+        ax.plot([b.mean_confidence for b in bins], [b.share_right for b in bins], marker="o", color="#1565c0",
+                label="held-out questions")
+        for b in bins:
+            ax.annotate(str(b.questions), (b.mean_confidence, b.share_right), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("confidence (bin mean)")
+    ax.set_ylabel("% of these questions whose top FAQ was right")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def faq_report_markdown(result: FaqEvalResult, *, title: str, command: str, encoder: str,
                         images: Sequence[str] = ()) -> str:
     s = result.summary()
@@ -98,7 +121,8 @@ def faq_report_markdown(result: FaqEvalResult, *, title: str, command: str, enco
         f"| top-1 (in scope) | {fmt_number(result.top1)} |",
         f"| MRR@10 (in scope) | {fmt_number(result.mrr10)} |",
         f"| recall@5 (in scope) | {fmt_number(result.recall5)} |",
-        f"| threshold in force | {fmt_number(result.threshold, 4)} (= {s['threshold_percent']}%) |",
+        (f"| answer line in force | confidence >= {result.min_confidence:g} |" if result.min_confidence is not None
+         else f"| threshold in force | {fmt_number(result.threshold, 4)} (= {s['threshold_percent']}%) |"),
         f"| ambiguity margin | {fmt_number(result.margin, 4)} |",
         f"| in scope answered right | {fmt_number(at.in_scope_answered_right)} |",
         f"| out-of-scope rejected | {fmt_number(result.oos_rejection)} |",
@@ -111,6 +135,7 @@ def faq_report_markdown(result: FaqEvalResult, *, title: str, command: str, enco
         f"{fmt_number(result.sweep.precision_threshold, 4)} → accuracy {fmt_number(result.sweep.precision_threshold_accuracy)}, "
         f"answer rate {fmt_number(result.sweep.precision_threshold_answer_rate)} |",
         "",
+        *_confidence_section(result),
         f"## Ambiguity margin at threshold {result.threshold:.4f}",
         "",
         "A margin m turns an answer into a clarify question (您是想问…) when the runner-up also clears its threshold "
@@ -143,6 +168,24 @@ def faq_report_markdown(result: FaqEvalResult, *, title: str, command: str, enco
     return "\n".join(lines)
 
 
+def _confidence_section(result: FaqEvalResult) -> list[str]:
+    """The confidence sweep and the reliability table, when the encoder has a confidence model."""
+    sweep = result.confidence_sweep(step=10.0)
+    if not sweep:
+        return []
+    return [
+        "## Confidence", "",
+        "Overall accuracy if the bot answered at each confidence line (per-FAQ thresholds aside):", "",
+        "| min_confidence | overall accuracy | out-of-scope refused |", "|---|---|---|",
+        *(f"| {line:.0f} | {acc:.3f} | {refused:.3f} |" for line, acc, refused in sweep), "",
+        "Reliability: of the questions whose confidence fell in a bin, the share whose top FAQ was right "
+        "(a trustworthy confidence sits on the diagonal).", "",
+        "| confidence | questions | mean confidence | % right |", "|---|---|---|---|",
+        *(f"| {b.low}-{b.high} | {b.questions} | {b.mean_confidence:.1f} | {b.share_right:.1f} |" for b in result.reliability()),
+        "", "![reliability](reliability.png)", "",
+    ]
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -153,6 +196,8 @@ def write_faq_report(result: FaqEvalResult, out_dir: Path, *, title: str, comman
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_similarity_histograms(result, out_dir / "similarity_histograms.png")
     plot_accuracy_curve(result, out_dir / "accuracy_vs_threshold.png")
+    if result.confidences is not None:
+        plot_reliability(result.reliability(), out_dir / "reliability.png", "Reliability of the confidence on this benchmark")
     report = out_dir / "report.md"
     report.write_text(faq_report_markdown(result, title=title, command=command, encoder=encoder,
                                           images=("similarity_histograms.png", "accuracy_vs_threshold.png")),
