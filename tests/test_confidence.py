@@ -81,7 +81,7 @@ def test_confidence_model_reads_features_and_round_trips() -> None:
     m = model()
     rows = np.array([ranking_features(np.array([s]), np.zeros(1), np.array([s]), 10) for s in (0.7, 0.8, 0.9)])
     low, mid, high = m.confidence(rows)
-    assert low < mid == 50.0 < high and 0 <= low and high <= 100
+    assert low < mid == 50.0 < high and low >= 0 and high <= 100
     assert ConfidenceModel.from_dict(json.loads(json.dumps(m.to_dict()))) == m
     cal = Calibration(confidence=m)
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))).confidence == m

@@ -44,7 +44,9 @@ class TableEncoder:
         self.angles = angles
 
     def encode_queries(self, texts):
-        return np.array([[np.cos(np.radians(self.angles[t])), np.sin(np.radians(self.angles[t]))] for t in texts],
+        # FAQ answers are not placed by hand: they point away from everything (the index encodes them too).
+        angles = [self.angles.get(t, 180.0) for t in texts]
+        return np.array([[np.cos(np.radians(a)), np.sin(np.radians(a))] for a in angles],
                         dtype=np.float32).reshape(len(texts), 2)
 
     encode_passages = encode_queries
