@@ -231,3 +231,36 @@ def test_reliability_bins_weigh_and_count() -> None:
     bins = reliability_bins(conf, right)
     assert [(b.low, b.questions) for b in bins] == [(0, 1), (10, 1), (90, 2)]
     assert bins[-1].share_right == 100.0 and bins[-1].mean_confidence == pytest.approx(97.5)
+
+
+# --- what a KB and a golden file may change ---------------------------------------------------------
+
+
+def test_kb_evidence_says_when_a_kb_is_too_small_to_say_anything() -> None:
+    from admin.quality.kb_calibration import kb_evidence
+
+    evidence = kb_evidence(KB, CharEncoder(), Calibration(confidence=model()))
+    assert evidence.paraphrases == 3 and not evidence.enough
+    assert evidence.line == 50.0
+
+
+def golden_cases(n_right: int, n_out: int) -> list[EvalQuery]:
+    asked = ["可以开票吗？", "开发票怎么弄", "退款多久能到账", "钱多久退回来", "什么时候能发货", "多久发出"]
+    expected = ["invoice", "invoice", "refund", "refund", "ship", "ship"]
+    cases = [EvalQuery(asked[i % 6], expected[i % 6]) for i in range(n_right)]
+    return cases + [EvalQuery(f"今天天气怎么样{i}", None) for i in range(n_out)]
+
+
+def test_golden_tuning_moves_the_line_only_on_a_clear_gain_with_enough_questions() -> None:
+    from admin.quality.kb_calibration import tune_on_golden, with_min_confidence
+
+    enc = CharEncoder()
+    strict = Calibration(confidence=model(min_confidence=99.9))  # refuses nearly every right answer
+    few = tune_on_golden(KB, enc, strict, golden_cases(10, 5))
+    assert few.adopted is None and "only 15 golden questions" in few.reason
+    many = tune_on_golden(KB, enc, strict, golden_cases(24, 6))
+    assert many.adopted is not None and many.adopted < 99.9 and many.best_right >= many.current_right + 2
+    moved = with_min_confidence(strict, many.adopted, "test")
+    assert moved.confidence is not None and moved.confidence.min_confidence == many.adopted and moved.is_local
+    fair = tune_on_golden(KB, enc, Calibration(confidence=model()), golden_cases(24, 6))
+    assert fair.adopted is None  # the line in force already answers them: nothing to gain
