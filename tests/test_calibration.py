@@ -141,17 +141,63 @@ def test_pairs_calibration_on_hand_made_pairs(bundled_encoder):
         calibrate_from_pairs(bundled_encoder, {"graded": [LabelledPair("a", "b", 3.0)] * 10})
 
 
-def test_calibrate_stores_into_the_live_index_and_survives_rebuilds(make_settings, bundled_encoder, capsys):
+def test_calibrate_from_the_kb_alone_stores_nothing(make_settings, bundled_encoder, capsys):
+    from bot.service import build_and_publish
+
+    settings = make_settings()
+    first = build_and_publish(settings, bundled_encoder)
+    code = main(["calibrate", "--kb", str(settings.kb), "--data-dir", str(settings.data_dir)])
+    out = capsys.readouterr().out
+    assert code == 0 and "keeping the shipped fit, nothing stored" in out
+    assert "too little evidence" in out  # 5 FAQs, 10 paraphrases: it says so rather than guess
+    assert load_index(settings.data_dir).version == first.version
+
+
+GOLDEN = """version: 1
+tests:
+""" + "".join(f"  - query: {q}\n    expected: {e}\n" for q, e in [
+    ("可以开发票吗", "invoice"), ("能开发票不", "invoice"), ("发票怎么开", "invoice"), ("我想开张发票", "invoice"),
+    ("怎么退货呀", "return_howto"), ("退货流程是什么", "return_howto"), ("东西想退掉怎么办", "return_howto"),
+    ("多久能发货", "shipping_time"), ("什么时候发货呢", "shipping_time"), ("下单后几天发货", "shipping_time"),
+    ("密码忘记了", "change_password"), ("怎么改登录密码", "change_password"), ("重置密码", "change_password"),
+    ("积分能干什么", "member_points"), ("积分怎么抵钱", "member_points"), ("会员积分怎么用", "member_points"),
+    ("今天天气怎么样", "null"), ("给我讲个笑话", "null"), ("推荐一部电影", "null"), ("红烧肉怎么做", "null"),
+    ("股票会涨吗", "null")])
+
+
+def test_calibrate_with_golden_questions_keeps_a_line_they_do_not_beat(make_settings, bundled_encoder, capsys):
+    from bot.service import build_and_publish
+
+    settings = make_settings()
+    (settings.kb / "tests.yaml").write_text(GOLDEN, encoding="utf-8")
+    first = build_and_publish(settings, bundled_encoder)
+    code = main(["calibrate", "--kb", str(settings.kb), "--data-dir", str(settings.data_dir)])
+    out = capsys.readouterr().out
+    assert code == 0 and "golden" in out and "right at line 50" in out
+    if "moving the line" in out:  # only for a clear gain: then it is stored, as this deployment's
+        live = load_index(settings.data_dir)
+        assert live.calibration.is_local and live.calibration.confidence.min_confidence != 50.0
+    else:
+        assert "keeping line 50" in out and load_index(settings.data_dir).version == first.version
+
+
+def test_calibrate_from_pairs_stores_into_the_live_index_and_survives_rebuilds(make_settings, bundled_encoder,
+                                                                              capsys, tmp_path):
     from bot.service import build_and_publish, previous_calibration
 
     settings = make_settings()
     first = build_and_publish(settings, bundled_encoder)
-    assert not first.calibration.is_local
-    code = main(["calibrate", "--kb", str(settings.kb), "--data-dir", str(settings.data_dir)])
+    topics = ["退货", "发票", "发货", "密码", "积分", "优惠券", "地址", "退款"]
+    rows = [f"怎么申请{t}\t{t}要怎么申请\t1" for t in topics]
+    rows += [f"怎么申请{a}\t{b}在哪里看\t0" for a, b in zip(topics, topics[1:] + topics[:1], strict=True)]
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    code = main(["calibrate", "--kb", str(settings.kb), "--data-dir", str(settings.data_dir), "--pairs", str(pairs)])
     assert code == 0, capsys.readouterr().err
     live = load_index(settings.data_dir)
     assert live.version != first.version
-    assert live.calibration.is_local and live.calibration.source.startswith("kb:")
+    assert live.calibration.is_local and live.calibration.source.startswith("pairs")
+    assert live.calibration.confidence == first.calibration.confidence  # the decision's model is kept
     assert live.meta.n_vectors == first.meta.n_vectors
     # a KB rebuild keeps the locally fitted calibration ...
     kept = previous_calibration(settings, bundled_encoder)
