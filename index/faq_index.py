@@ -259,19 +259,8 @@ class FaqIndex:
         scores, ids = found
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
-            hits: list[Hit] = []
-            seen: set[int] = set()
-            for score, row in zip(row_scores, row_ids, strict=True):
-                if row < 0:
-                    continue
-                faq_pos = int(self.row_faq[row])
-                if faq_pos in seen:
-                    continue
-                seen.add(faq_pos)
-                hits.append(Hit(self.faqs[faq_pos].id, float(min(1.0, score)), self.row_text[row]))
-                if len(hits) == top_k:
-                    break
-            results.append(hits)
+            positions, dense, matched = self._best_rows(row_scores, row_ids, top_k)
+            results.append([Hit(self.faqs[p].id, float(d), text) for p, d, text in zip(positions, dense, matched, strict=True)])
         return results
 
 
