@@ -211,23 +211,13 @@ class FaqIndex:
     def _best_rows(self, row_scores: np.ndarray, row_ids: np.ndarray, limit: int,
                    ) -> tuple[list[int], np.ndarray, list[str]]:
         """Distinct FAQ positions in dense order (an FAQ scores by its best text), at most `limit`."""
-        positions: list[int] = []
-        dense: list[float] = []
-        matched: list[str] = []
-        seen: set[int] = set()
-        for score, row in zip(row_scores, row_ids, strict=True):
-            if row < 0:
-                continue
-            faq_pos = int(self.row_faq[row])
-            if faq_pos in seen:
-                continue
-            seen.add(faq_pos)
-            positions.append(faq_pos)
-            dense.append(min(1.0, float(score)))
-            matched.append(self.row_text[row])
-            if len(positions) == limit:
-                break
-        return positions, np.asarray(dense, dtype=np.float64), matched
+        valid = row_ids >= 0
+        row_ids, row_scores = row_ids[valid], row_scores[valid]
+        _, first = np.unique(self.row_faq[row_ids], return_index=True)  # each FAQ's first (best) row
+        first = np.sort(first)[:limit]
+        best_rows = row_ids[first]
+        dense = np.minimum(row_scores[first].astype(np.float64), 1.0)
+        return self.row_faq[best_rows].tolist(), dense, [self.row_text[r] for r in best_rows.tolist()]
 
     def _faq_lexical(self, query: Any, positions: Sequence[int]) -> np.ndarray:
         """Each FAQ's best character cosine over all its texts."""
