@@ -144,11 +144,11 @@ class FaqIndex:
         self.row_text = list(row_text)
         self.vectors = vectors
         self._lexical: LexicalIndex | None = None
-        self._faq_rows = [np.flatnonzero(self.row_faq == i) for i in range(len(self.faqs))]
+        self._faq_rows = _rows_per_faq(self.row_faq, len(self.faqs))
         self._rows_by_tag: dict[str, np.ndarray] = {}
         for tag in {t for f in self.faqs for t in f.tags}:
-            faq_rows = {i for i, f in enumerate(self.faqs) if tag in f.tags}
-            self._rows_by_tag[tag] = np.array([r for r, fi in enumerate(self.row_faq) if fi in faq_rows], dtype=np.int64)
+            tagged = np.array([i for i, f in enumerate(self.faqs) if tag in f.tags], dtype=np.int64)
+            self._rows_by_tag[tag] = np.flatnonzero(np.isin(self.row_faq, tagged)).astype(np.int64)
 
     @property
     def version(self) -> str:
@@ -263,6 +263,15 @@ class FaqIndex:
                     break
             results.append(hits)
         return results
+
+
+def _rows_per_faq(row_faq: np.ndarray, n_faqs: int) -> list[np.ndarray]:
+    """Each FAQ's rows, ascending: one stable sort, not a scan of every row per FAQ (quadratic at 300k)."""
+    if n_faqs == 0:
+        return []
+    order = np.argsort(row_faq, kind="stable").astype(np.int64)
+    counts = np.bincount(row_faq, minlength=n_faqs)
+    return np.split(order, np.cumsum(counts)[:-1])
 
 
 def new_version(kb_hash: str) -> str:

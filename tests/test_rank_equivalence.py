@@ -122,3 +122,13 @@ def test_lexical_scores_are_bit_identical_on_any_row_selection(index: FaqIndex) 
         rows = rng.integers(0, len(index.row_text), size=400)
         assert np.array_equal(lexical.scores(query, rows), _old_scores(lexical, query, rows))
         assert lexical.scores(query, np.zeros(0, np.int64)).shape == (0,)
+
+
+def test_rows_per_faq_and_per_tag_are_what_the_scans_gave(index: FaqIndex) -> None:
+    for i, rows in enumerate(index._faq_rows):
+        assert rows.dtype == np.int64 and np.array_equal(rows, np.flatnonzero(index.row_faq == i))
+    assert len(index._faq_rows) == len(index.faqs)
+    for tag, rows in index._rows_by_tag.items():
+        tagged = {i for i, f in enumerate(index.faqs) if tag in f.tags}
+        expected = np.array([r for r, fi in enumerate(index.row_faq) if fi in tagged], dtype=np.int64)
+        assert rows.dtype == np.int64 and np.array_equal(rows, expected)
