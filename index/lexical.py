@@ -63,7 +63,25 @@ class LexicalIndex:
         return self._matrix([self._counts(lexical_form(t), grow=False) for t in texts])
 
     def scores(self, query: sparse.csr_matrix, rows: np.ndarray) -> np.ndarray:
-        """Cosine of one query vector (1 x vocab) against the given rows, as a dense float array."""
+        """Cosine of one query vector (1 x vocab) against the given rows, as a dense float array.
+
+        Plain numpy on the CSR arrays instead of `self.rows[rows] @ query.T` (scipy's checks and new
+        matrices cost ~0.2 ms a request): the same float32 products summed in the same order (each
+        row's stored order; a character the query lacks adds an exact 0), so the same bits.
+        """
         if rows.size == 0 or query.nnz == 0:
             return np.zeros(rows.size, dtype=np.float32)
-        return np.asarray((self.rows[rows] @ query.T).todense(), dtype=np.float32).ravel()
+        rows = np.asarray(rows, dtype=np.int64)
+        weights = np.zeros(self.rows.shape[1] + 1, dtype=np.float32)  # the last column: padding, weight 0
+        weights[query.indices] = query.data
+        starts = self.rows.indptr[rows]
+        lengths = self.rows.indptr[rows + 1] - starts
+        width = int(lengths.max(initial=0))
+        if width == 0:
+            return np.zeros(rows.size, dtype=np.float32)
+        at = starts[:, None] + np.arange(width)
+        real = np.arange(width) < lengths[:, None]
+        at = np.where(real, at, 0)
+        columns = np.where(real, self.rows.indices[at], self.rows.shape[1])
+        products = np.where(real, self.rows.data[at], np.float32(0)) * weights[columns]
+        return np.add.accumulate(products, axis=1, dtype=np.float32)[:, -1]  # sequential, as scipy's loop

@@ -20,7 +20,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(threads=args.threads or settings.encoder_threads, seconds=float(args.seconds),
                            soak_seconds=float(args.soak_seconds), workers=args.workers, url=args.url,
                            baseline_url=args.baseline_url, baseline=not args.no_baseline,
-                           extra_encoders=tuple(args.extra_encoder), json_path=args.json)
+                           extra_encoders=tuple(args.extra_encoder), json_path=args.json, questions=args.questions,
+                           reference=not args.no_reference, reference_model=args.reference_model)
+    if args.questions is not None and not args.questions.is_file():
+        raise CommandError(f"--questions {args.questions}: no such file")
     run_bench(settings, options, say=printer())
     return 0
 
@@ -64,6 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-baseline", dest="no_baseline", action="store_true", help="skip the naive server")
     p.add_argument("--extra-encoder", dest="extra_encoder", action="append", default=[], metavar="SPEC",
                    help="also bench this encoder (e.g. onnx:var/models/e5/onnx/model_int8.onnx); repeatable")
+    p.add_argument("--questions", type=Path, metavar="FILE.jsonl",
+                   help="ask these questions (JSONL lines with a \"query\", e.g. an FAQ benchmark's queries.jsonl) "
+                        "instead of questions made from the KB's texts")
+    p.add_argument("--no-reference", dest="no_reference", action="store_true",
+                   help="skip issue #21's hand-made reference (its first build exports with torch: ~1 min)")
+    p.add_argument("--reference-model", dest="reference_model", type=Path, metavar="DIR",
+                   help="sentence-transformers dir the reference is built from (default: the bundled weights, "
+                        "exported into <data_dir>/models/bundled)")
     p.add_argument("--json", type=Path, help="also write every figure as JSON here")
     p.set_defaults(func=cmd_bench)
 

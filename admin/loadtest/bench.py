@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from admin.loadtest.local_server import faqbot_server
+from admin.loadtest.reference import run_reference
 from bot.settings import Settings
 from index.datadir import DataDir
 
@@ -58,17 +59,40 @@ def kb_questions(kb_path: Path) -> list[str]:
     return [text for _, text in load_kb(kb_path).texts()]
 
 
-class QuestionStreams:
-    """Endless question streams over the KB's own texts (deterministic for a seed)."""
+def file_questions(path: Path) -> list[str]:
+    """The `query` of each line of a JSONL benchmark file (e.g. the LCQMC FAQ bench's queries.jsonl)."""
+    questions = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                questions.append(str(json.loads(line)["query"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not a JSON object with a \"query\": {exc}") from exc
+    return questions
 
-    def __init__(self, kb_texts: Sequence[str], seed: int = 8) -> None:
-        if not kb_texts:
+
+class QuestionStreams:
+    """Endless question streams over the KB's own texts, or over given questions (deterministic for a seed).
+
+    With `questions` (a benchmark's real user questions) the unique stream asks each of them once as
+    written, then wrapped like KB texts with a serial number; the Zipf pool is those questions."""
+
+    def __init__(self, kb_texts: Sequence[str], seed: int = 8, questions: Sequence[str] | None = None) -> None:
+        from index.text import match_key
+
+        if not kb_texts and not questions:
             raise ValueError("the KB has no questions to benchmark with")
-        self.kb_texts = [t.rstrip("？?。.!！") for t in kb_texts]
+        # distinct match keys: a question asked twice would be a cache hit in the "unique" stream
+        first: dict[str, str] = {}
+        for question in questions or ():
+            first.setdefault(match_key(question), question)
+        first.pop("", None)
+        self.questions = list(first.values())
+        self.kb_texts = [t.rstrip("？?。.!！") for t in (self.questions or kb_texts)]
         self.seed = seed
         self._serial = 0
         rng = random.Random(seed)
-        pool = list(kb_texts)  # the FAQ texts themselves are the most frequent questions of all
+        pool = list(self.questions or kb_texts)  # the FAQ texts themselves are the most frequent questions of all
         while len(pool) < ZIPF_POOL:
             pool.append(f"{rng.choice(OPENERS)}{rng.choice(self.kb_texts)}{rng.choice(CLOSERS)}")
         pool = list(dict.fromkeys(pool))
@@ -87,6 +111,8 @@ class QuestionStreams:
         """A question never produced before by this object (a serial number makes it distinct)."""
         self._serial += 1
         n = self._serial
+        if n <= len(self.questions):
+            return self.questions[n - 1]
         core = self.kb_texts[(n * 7919) % len(self.kb_texts)]
         return f"{OPENERS[n % len(OPENERS)]}{core}，订单{100000 + n}{CLOSERS[(n // 8) % len(CLOSERS)]}"
 
@@ -97,7 +123,8 @@ class QuestionStreams:
 
 
 # --- the bare encoder (a child process, so its threads and memory are its own) ------------------
-def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float, data_dir: Path) -> dict[str, object]:
+def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float, data_dir: Path,
+                 questions: Path | None = None) -> dict[str, object]:
     """Encode-only figures: single-query latency and batched throughput on the bench's unique stream.
 
     `data_dir` is the configured one: `auto` finds (or makes, once) its ONNX export there, and a
@@ -107,7 +134,7 @@ def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float, data
 
     settings = Settings(encoder=encoder, encoder_threads=threads, kb=kb_path, data_dir=data_dir)
     model = load_encoder(encoder_spec(settings))
-    streams = QuestionStreams(kb_questions(kb_path))
+    streams = QuestionStreams(kb_questions(kb_path), questions=file_questions(questions) if questions else None)
     model.encode_queries([streams.unique() for _ in range(4)])  # warm both paths
     model.encode_queries([streams.unique()])
     single: list[float] = []
@@ -134,11 +161,12 @@ def bare_encoder(encoder: str, threads: int, kb_path: Path, seconds: float, data
             "best_texts_per_s": batched[best], "rss_mb": _rss_mb(os.getpid())}
 
 
-def run_bare(encoder: str, threads: int, kb_path: Path, seconds: float, data_dir: Path) -> dict[str, object]:
+def run_bare(encoder: str, threads: int, kb_path: Path, seconds: float, data_dir: Path,
+             questions: Path | None = None) -> dict[str, object]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(
         [sys.executable, "-m", "admin.loadtest.bench", "--bare", encoder, str(threads), str(kb_path), str(seconds),
-         str(data_dir)],
+         str(data_dir), str(questions or "-")],
         capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=600,
     )
     if proc.returncode != 0:
@@ -456,23 +484,30 @@ class BenchOptions:
     baseline: bool = True
     extra_encoders: tuple[str, ...] = ()
     json_path: Path | None = None
+    questions: Path | None = None  # a JSONL benchmark's queries instead of questions made from the KB
+    reference: bool = True  # build and time issue #21's hand-made reference (admin.loadtest.reference)
+    reference_model: Path | None = None  # its weights (default: the bundled ones, as export-bundled writes)
 
 
 def run_bench(settings: Settings, options: BenchOptions, say: Callable[[str], None] = print) -> dict[str, object]:
     """Every phase of the bench (see the module docstring), printed as it goes; the figures as a dict."""
     kb_path = Path(settings.kb).resolve()
-    source = QuestionStreams(kb_questions(kb_path))
+    questions = Path(options.questions).resolve() if options.questions else None
+    asked = file_questions(questions) if questions else None
+    source = QuestionStreams(kb_questions(kb_path), questions=asked)
     seconds, soak = options.seconds, options.soak_seconds
     say(_machine_line(seconds, soak))
+    say(f"KB {kb_path}, questions {f'from {questions} ({len(source.questions)} distinct)' if questions else 'made from the KB texts'}")
     report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "runs": []}
     encoders = [settings.encoder, *options.extra_encoders]
     bares = {}
     for spec in encoders:
         bares[spec] = run_bare(spec, options.threads, kb_path, max(1.0, min(seconds, 6.0)),
-                               Path(settings.data_dir).resolve())
+                               Path(settings.data_dir).resolve(), questions)
         for line in _bare_lines(bares[spec]):
             say(line)
     report["bare"] = bares
+    report["reference"] = _reference(settings, options, kb_path, asked, say)
     say("")
     say(HEADER)
     runs = _bench_servers(settings, options, encoders, kb_path, source, say)
@@ -482,6 +517,7 @@ def run_bench(settings: Settings, options: BenchOptions, say: Callable[[str], No
             say(f"RSS {run.label}: {run.rss_mb:.0f} MB with {run.workers} worker(s) "
                 f"(PSS {run.pss_mb or 0:.0f} MB: shared model pages counted once)")
     rows = _say_targets(settings, options, bares, runs, say)
+    report["reference_targets"] = _say_reference_targets(report["reference"], runs["batched"], say)
     say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     report["runs"] = {k: asdict(v) for k, v in runs.items()}
     report["targets"] = [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in rows]
@@ -538,6 +574,51 @@ def _say_targets(settings: Settings, options: BenchOptions, bares: dict[str, dic
     return rows
 
 
+def _reference(settings: Settings, options: BenchOptions, kb_path: Path, asked: Sequence[str] | None,
+               say: Callable[[str], None]) -> dict[str, object]:
+    """Issue #21's reference, timed on the same questions as the servers (a fresh stream: the same order)."""
+    if not options.reference:
+        return {"skipped": "--no-reference"}
+    stream = QuestionStreams(kb_questions(kb_path), questions=asked)
+    texts = [stream.unique() for _ in range(3000)]
+    ref = run_reference(Path(settings.data_dir), texts, max(1.0, min(options.seconds, 6.0)), options.reference_model)
+    if "skipped" in ref:
+        say(f"reference (issue #21): skipped: {ref['skipped']}")
+    else:
+        say(f"reference (issue #21: export-bundled -> torch.onnx.export -> quantize_dynamic QInt8 per tensor, "
+            f"1 thread, mean pooling): single question p50 {float(ref['single_ms_p50']):.2f} ms, "  # type: ignore[arg-type]
+            f"batch {ref['batch']}: {float(ref['batch_texts_per_s']):.0f} texts/s "  # type: ignore[arg-type]
+            f"({float(ref['build_s']):.0f} s to build or find it in {Path(str(ref['model'])).parent})")  # type: ignore[arg-type]
+    return ref
+
+
+def reference_targets(ref: dict[str, object], batched: ServerRun) -> list[tuple[str, float, str, bool]]:
+    """(what, measured ratio, target, met) for the issue #21 targets against the hand-made reference."""
+    single_ms = float(ref["single_ms_p50"])  # type: ignore[arg-type]
+    batch_tps = float(ref["batch_texts_per_s"])  # type: ignore[arg-type]
+    c1, c16, c64 = (_find(batched, "unique", c) for c in CONCURRENCIES)
+    soak = next((p for p in batched.phases if p.stream == "soak-zipf"), None) or _find(batched, "zipf", 64)
+    return [
+        ("/chat p50 c1 / reference single question", c1.p50_ms / single_ms, "<= 1.25", c1.p50_ms / single_ms <= 1.25),
+        (f"req/s c16 unique / reference batch-{ref['batch']} texts/s", c16.rps / batch_tps, ">= 0.8",
+         c16.rps / batch_tps >= 0.8),
+        ("p99 c64 unique / p50 c1", c64.p99_ms / c1.p50_ms, "<= 10", c64.p99_ms / c1.p50_ms <= 10),
+        (f"errors in the soak (c64 {soak.stream} {soak.seconds:g} s)", float(soak.errors), "== 0", soak.errors == 0),
+    ]
+
+
+def _say_reference_targets(ref: dict[str, object], batched: ServerRun,
+                           say: Callable[[str], None]) -> list[dict[str, object]]:
+    if "skipped" in ref:
+        say(f"targets (issue #21): not measured, the reference was skipped ({ref['skipped']})")
+        return []
+    say("targets (issue #21), ratios to the hand-made reference from this run:")
+    rows = reference_targets(ref, batched)
+    for what, value, target, met in rows:
+        say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
+    return [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in rows]
+
+
 def printer() -> Callable[[str], None]:
     """`print` that flushes each line (a long run shows its progress in a log file as it goes)."""
 
@@ -548,12 +629,13 @@ def printer() -> Callable[[str], None]:
 
 
 def _bare_main(argv: Sequence[str]) -> int:
-    encoder, threads, kb_path, seconds, data_dir = argv
-    print(json.dumps(bare_encoder(encoder, int(threads), Path(kb_path), float(seconds), Path(data_dir))))
+    encoder, threads, kb_path, seconds, data_dir, questions = argv
+    print(json.dumps(bare_encoder(encoder, int(threads), Path(kb_path), float(seconds), Path(data_dir),
+                                  None if questions == "-" else Path(questions))))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--bare":
+    if len(sys.argv) == 8 and sys.argv[1] == "--bare":
         sys.exit(_bare_main(sys.argv[2:]))
     sys.exit(f"usage: faqbot bench (this module is run as `{sys.argv[0]} --bare ...` only by the bench itself)")
