@@ -21,10 +21,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.batcher import BatchStats, Encoded, MicroBatcher, OverloadedError, SearchSpec
 from bot.cache import EmbeddingCache, ExactMatches
+from bot.handoff import ASKED, OFFERED, HandoffPhrases, LastTurn, SessionTurns, newer
 from bot.matcher import Decision, Matcher
 from bot.misswriter import ChatRow, MissWriter
 from bot.settings import Settings
-from bot.store import MissRecord, Store
+from bot.store import MissRecord, Store, utcnow
 from faq import KnowledgeBase, load_kb
 from faq.errors import UnavailableError
 from index.calibration import Calibration
@@ -139,6 +140,7 @@ class ChatResult:
     answer: str | None = None
     miss_logged: bool = True
     extra: dict[str, object] = field(default_factory=dict)
+    handoff: str | None = None  # bot.handoff.ASKED or OFFERED: this turn offers a person
 
 
 class NotReadyError(UnavailableError):
@@ -186,6 +188,8 @@ class FaqService:
         self.miss_writer: MissWriter | None = None
         self._metrics: Metrics | None = None
         self.vector_sources = {"exact": 0, "cache": 0, "encoder": 0}
+        self.handoff_phrases = HandoffPhrases()
+        self.sessions = SessionTurns()
 
     # --- lifecycle -------------------------------------------------------------------------------
     @property
@@ -211,10 +215,12 @@ class FaqService:
         check_compatible(index, self.encoder)
         matcher = matcher_for(index, self.settings)
         exact = ExactMatches(index) if self._exact_enabled else None
+        phrases = HandoffPhrases(index.meta.kb_handoff_phrases)
         with self._swap_lock:
             self._exact = exact
             self._matcher = matcher
             self._index = index
+            self.handoff_phrases = phrases
 
     def refresh_if_published(self) -> bool:
         """Load the published version if another process (or worker) made a newer one live."""
@@ -365,9 +371,28 @@ class FaqService:
         clean = sanitize(message, self.settings.max_message_chars)
         decision = await self._adecide(clean, matcher, tags, top_k or self.settings.top_k)
         result = ChatResult(decision, clean, None, matcher.index.version, decision.faq.answer if decision.faq else None)
+        result.handoff = await self._handoff_for(clean, decision, session_id)
+        if session_id:
+            missed = _is_miss(decision) and result.handoff != ASKED
+            self.sessions.put(session_id, LastTurn(utcnow(), missed))
         if log_turn:
             await self._log_turn(result, channel, session_id)
         return result
+
+    async def _handoff_for(self, clean: str, decision: Decision, session_id: str | None) -> str | None:
+        """ASKED when the message asks for a person, OFFERED on a session's second miss in a row (bot.handoff)."""
+        if self.handoff_phrases.asks_for_person(clean):
+            return ASKED
+        if not session_id or not _is_miss(decision):
+            return None
+        try:
+            stored = await asyncio.to_thread(self.store.last_turn, session_id)
+        except STORE_REFUSED as exc:  # the database is only a second opinion: this process's memory decides
+            log.warning("handoff: the chat log could not be read (%s)", exc)
+            stored = None
+        from_db = LastTurn(*stored) if stored is not None else None
+        previous = newer(self.sessions.get(session_id), from_db)
+        return OFFERED if previous is not None and previous.missed else None
 
     def chat(self, message: str, *, channel: str = "web", session_id: str | None = None,
              tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
@@ -438,7 +463,7 @@ class FaqService:
         """Log the turn (and the miss, if it was one) into `result`; a refusing database is logged, not raised."""
         try:
             result.miss_id = await self._record_turn(result.message, result.decision, channel, session_id,
-                                                     result.index_version)
+                                                     result.index_version, result.handoff)
         except STORE_REFUSED as exc:
             log.error("chat: the miss log refused this turn (%s); answering without logging it", exc)
             if self._metrics is not None:
@@ -446,12 +471,14 @@ class FaqService:
             result.miss_logged = False
 
     async def _record_turn(self, clean: str, decision: Decision, channel: str, session_id: str | None,
-                           index_version: str) -> int | None:
-        """Hand the turn to the batched writer (or write it in a thread without one); the committed miss id."""
+                           index_version: str, handoff: str | None = None) -> int | None:
+        """Hand the turn to the batched writer (or write it in a thread without one); the committed miss id.
+        A request for a person is no miss: nothing an FAQ could have answered."""
         chat = ChatRow(channel=channel, session_id=session_id, matched=decision.matched,
                        faq_id=decision.faq.id if decision.faq else None,
-                       similarity=decision.best.similarity if decision.best else None)
-        miss = None if decision.matched else self.miss_record(clean, decision, channel, session_id, index_version)
+                       similarity=decision.best.similarity if decision.best else None, handoff=handoff)
+        is_miss = not decision.matched and handoff != ASKED
+        miss = self.miss_record(clean, decision, channel, session_id, index_version) if is_miss else None
         recorded = self._hand_over(chat, miss)
         if recorded is None:
             return await asyncio.to_thread(self._write_turn_here, chat, miss)
@@ -469,7 +496,7 @@ class FaqService:
     def _write_turn_here(self, chat: ChatRow, miss: MissRecord | None) -> int | None:
         miss_id = self.store.log_miss(miss) if miss is not None else None
         self.store.log_chat(channel=chat.channel, session_id=chat.session_id, matched=chat.matched,
-                            faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id)
+                            faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id, handoff=chat.handoff)
         return miss_id
 
     @staticmethod
@@ -507,6 +534,11 @@ class FaqService:
         from index.calibration import default_calibration
 
         return default_calibration(self.encoder.fingerprint)
+
+
+def _is_miss(decision: Decision) -> bool:
+    """No FAQ answered and none was offered to choose from (a clarify is the bot asking back, not failing)."""
+    return not decision.matched and not decision.clarify
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:

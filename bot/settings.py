@@ -68,7 +68,14 @@ class Settings(BaseSettings):
         description="What the bot says when no FAQ clears the threshold.",
     )
     clarify_prefix: str = Field("您是想问以下哪个问题？", description="Text shown before the choices when two FAQs are too close to call.")
-    handoff_url: str | None = Field(None, description="Optional “转人工” link shown by the chat widget with the fallback answer.")
+    handoff_url: str | None = Field(
+        None, description="Optional “转人工” link: /chat returns it (`handoff_url`) with the fallback answer and whenever it offers a person "
+        "(`handoff: true`); the widget shows it as a button, the webhooks append it."
+    )
+    handoff_answer: str = Field(
+        "好的，正在为您转接人工客服，请稍候。",
+        description="What the bot says when a customer asks for a person (“转人工”) and no FAQ answers the message.",
+    )
     widget_title: str = Field("在线客服", max_length=40, description="Chat widget header (a page can override it with `data-title` on the script tag).")
     widget_greeting: str = Field(
         "您好，我是智能客服，请问有什么可以帮您？", max_length=500,

@@ -23,7 +23,7 @@ SEQ_TAG = "tag:yaml.org,2002:seq"
 FLOAT_TAGS = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
 PLAIN_TAGS = {STR_TAG, NULL_TAG, MAP_TAG, SEQ_TAG, *FLOAT_TAGS, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
 TOP_KEYS = {"version", "defaults", "faqs"}
-DEFAULT_KEYS = {"threshold"}
+DEFAULT_KEYS = {"threshold", "handoff_phrases"}
 FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold"}
 REQUIRED_FAQ_KEYS = ("id", "question", "answer")
 
@@ -82,14 +82,15 @@ def load_kb(path: str | Path) -> KnowledgeBase:
     problems: list[KBProblem] = []
     faqs: list[FAQ] = []
     default_threshold: float | None = None
+    handoff_phrases: list[str] = []
     for file in files:
         parsed = _load_file(file, problems)
         if parsed is None:
             continue
-        file_faqs, file_default = parsed
-        faqs.extend(file_faqs)
-        if file_default is not None:
-            default_threshold = file_default
+        faqs.extend(parsed.faqs)
+        if parsed.default_threshold is not None:
+            default_threshold = parsed.default_threshold
+        handoff_phrases.extend(parsed.handoff_phrases)
     seen: dict[str, FAQ] = {}
     for f in faqs:
         if f.id in seen:
@@ -103,10 +104,20 @@ def load_kb(path: str | Path) -> KnowledgeBase:
         problems.append(KBProblem(str(root), 0, "faqs", "the knowledge base has no FAQs"))
     if problems:
         raise KBError(problems)
-    return KnowledgeBase(faqs=tuple(faqs), default_threshold=default_threshold, files=tuple(files))
+    return KnowledgeBase(faqs=tuple(faqs), default_threshold=default_threshold, files=tuple(files),
+                         handoff_phrases=tuple(dict.fromkeys(handoff_phrases)))
 
 
-def _load_file(file: Path, problems: list[KBProblem]) -> tuple[list[FAQ], float | None] | None:
+@dataclass
+class _FileContent:
+    """What one KB file contributes: its FAQs and its `defaults`."""
+
+    faqs: list[FAQ]
+    default_threshold: float | None = None
+    handoff_phrases: tuple[str, ...] = ()
+
+
+def _load_file(file: Path, problems: list[KBProblem]) -> _FileContent | None:
     name = str(file)
     try:
         size = file.stat().st_size
@@ -206,7 +217,7 @@ class _FileReader:
         items = [self.string(item, f"{field}[{i}]") for i, item in enumerate(node.value)]
         return tuple(item for item in items if item is not None)
 
-    def read(self, root: yaml.Node) -> tuple[list[FAQ], float | None] | None:
+    def read(self, root: yaml.Node) -> _FileContent | None:
         top = self.mapping(root, "-", TOP_KEYS)
         if top is None:
             return None
@@ -216,13 +227,9 @@ class _FileReader:
             version_node = top["version"][1]
             if not (isinstance(version_node, yaml.ScalarNode) and version_node.value == "1"):
                 self.problem(version_node, "version", "unsupported version (this faqbot reads version 1)")
-        default_threshold = None
+        content = _FileContent([])
         if "defaults" in top:
-            defaults_node = top["defaults"][1]
-            if not (isinstance(defaults_node, yaml.ScalarNode) and defaults_node.tag == NULL_TAG):
-                defaults = self.mapping(defaults_node, "defaults", DEFAULT_KEYS)
-                if defaults and "threshold" in defaults:
-                    default_threshold = self.number(defaults["threshold"][1], "defaults.threshold")
+            self.defaults(top["defaults"][1], content)
         if "faqs" not in top:
             self.problem(root, "faqs", "missing (a list of FAQ entries)")
             return None
@@ -231,7 +238,20 @@ class _FileReader:
             self.problem(faqs_node, "faqs", f"expected a list, got {_kind(faqs_node)}")
             return None
         faqs = [self.faq(node, i) for i, node in enumerate(faqs_node.value)]
-        return [f for f in faqs if f is not None], default_threshold
+        content.faqs = [f for f in faqs if f is not None]
+        return content
+
+    def defaults(self, node: yaml.Node, content: _FileContent) -> None:
+        """The file's `defaults:` mapping (null or absent: none)."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return
+        defaults = self.mapping(node, "defaults", DEFAULT_KEYS)
+        if not defaults:
+            return
+        if "threshold" in defaults:
+            content.default_threshold = self.number(defaults["threshold"][1], "defaults.threshold")
+        if "handoff_phrases" in defaults:
+            content.handoff_phrases = self.string_list(defaults["handoff_phrases"][1], "defaults.handoff_phrases")
 
     def faq(self, node: yaml.Node, index: int) -> FAQ | None:
         field = f"faqs[{_peek_id(node) or index}]"  # name the entry by its id when it has one

@@ -37,6 +37,7 @@ class KnowledgeBase:
     faqs: tuple[FAQ, ...]
     default_threshold: float | None = None
     files: tuple[Path, ...] = field(default=())
+    handoff_phrases: tuple[str, ...] = ()  # `defaults.handoff_phrases`: more ways to ask for a person
 
     def by_id(self) -> dict[str, FAQ]:
         return {f.id: f for f in self.faqs}
@@ -51,5 +52,8 @@ class KnowledgeBase:
         payload = [
             [f.id, f.question, list(f.paraphrases), f.answer, list(f.tags), f.threshold] for f in self.faqs
         ]
-        blob = json.dumps([payload, self.default_threshold], ensure_ascii=False, sort_keys=True)
+        kb_level: list[object] = [payload, self.default_threshold]
+        if self.handoff_phrases:  # only when set, so a KB without the newer fields keeps its old hash
+            kb_level.append({"handoff_phrases": list(self.handoff_phrases)})
+        blob = json.dumps(kb_level, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

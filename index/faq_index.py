@@ -98,6 +98,7 @@ class IndexMeta:
     calibration: Calibration
     kb_default_threshold: float | None = None
     answer_evidence: float = 0.0
+    kb_handoff_phrases: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -105,7 +106,7 @@ class IndexMeta:
             "version": self.version,
             "encoder": {"name": self.encoder_name, "fingerprint": self.fingerprint, "dim": self.dim},
             "kb": {"hash": self.kb_hash, "path": self.kb_path, "faqs": self.n_faqs, "vectors": self.n_vectors,
-                   "default_threshold": self.kb_default_threshold},
+                   "default_threshold": self.kb_default_threshold, "handoff_phrases": list(self.kb_handoff_phrases)},
             "built_at": self.built_at,
             "build_seconds": self.build_seconds,
             "calibration": self.calibration.to_dict(),
@@ -128,6 +129,7 @@ class IndexMeta:
             calibration=Calibration.from_dict(data["calibration"]),
             kb_default_threshold=data["kb"].get("default_threshold"),
             answer_evidence=float(data.get("answers", {}).get("evidence", 0.0)),
+            kb_handoff_phrases=tuple(data["kb"].get("handoff_phrases", ())),
         )
 
 
@@ -308,6 +310,7 @@ def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calib
         calibration=calibration or default_calibration(encoder.fingerprint),
         kb_default_threshold=kb.default_threshold,
         answer_evidence=answer_evidence(matrix[question_rows], answers),
+        kb_handoff_phrases=kb.handoff_phrases,
     )
     return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, flat, answers)
 

@@ -575,3 +575,37 @@ def test_admin_shows_the_line_the_bot_answers_at(browser, request, site_name: st
         expect(page.locator("#answer-line")).to_have_text(line)
         label = page.locator(".fact", has=page.locator("#answer-line")).locator(".fact-label").inner_text()
         assert label == ("作答线" if site_name == "confidence_site" else "作答阈值")
+
+
+def test_widget_offers_a_person_when_asked_and_after_two_misses(browser, site) -> None:
+    base = str(site["base"])
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        page.goto(base + "/")
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        asked = ask(page, "我要投诉找人工")
+        assert asked.locator(".fbw-p").first.inner_text() == site["settings"].handoff_answer
+        link = asked.locator("a.fbw-handoff")
+        assert link.get_attribute("href") == HANDOFF_URL and link.get_attribute("data-reason") == "asked"
+        assert link.inner_text().strip() == "转人工客服"
+
+        first = ask(page, "你们老板是哪里人")
+        assert first.locator("a.fbw-handoff").get_attribute("data-reason") == "fallback"
+        second = ask(page, "火星上能收快递吗")
+        assert second.locator("a.fbw-handoff").get_attribute("data-reason") == "offered"
+        page.screenshot(path=str(SHOTS / "widget-handoff.png"))
+
+
+    # No link configured: the button tells the host page, which may open its own live chat.
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        config = httpx.get(f"{base}/widget-config.json", timeout=10).json()
+        page.route("**/widget-config.json", lambda route: route.fulfill(json={**config, "handoff_url": None}))
+        page.route("**/chat", lambda route: route.fulfill(json={
+            "matched": False, "answer": "好的，正在为您转接人工客服，请稍候。", "faq_id": None, "question": None,
+            "similarity": None, "percent": None, "threshold": None, "alternatives": [], "miss_id": None,
+            "handoff": True, "handoff_reason": "asked"}))
+        page.goto(base + "/")
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        page.evaluate("document.addEventListener('faqbot:handoff', e => { window.__handoff = e.detail; })")
+        ask(page, "转人工").locator("button.fbw-handoff").click()
+        detail = page.evaluate("window.__handoff")
+        assert detail["reason"] == "asked" and detail["message"] == "转人工" and detail["session_id"]

@@ -194,6 +194,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if data["thumbs_down"]:
         print("thumbs-down: " + ", ".join(f"{f['faq_id'] or '(no answer)'} ×{f['thumbs_down']}"
                                           for f in data["thumbs_down"]))
+    handoffs = data["handoffs"]
+    if totals["handoffs"]:
+        kinds = handoffs["by_kind"]
+        after = ", ".join(f"{f['faq_id'] or '(none)'} ×{f['count']}" for f in handoffs["after_faq"][:args.top])
+        print(f"handoffs: {totals['handoffs']} ({kinds['asked']} asked, {kinds['offered']} after two misses); "
+              f"after: {after}")
     ms = data["miss_status"]
     print(f"misses: {ms['open']} open, {ms['resolved']} resolved, {ms['ignored']} ignored")
     return 0

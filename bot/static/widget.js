@@ -215,6 +215,10 @@
       entry.kind = "fallback";
       entry.handoff_url = reply.handoff_url || config.handoff_url || null;
     }
+    if (reply.handoff === true) {
+      entry.handoff = reply.handoff_reason || "asked";
+      entry.handoff_url = reply.handoff_url || config.handoff_url || null;
+    }
     return entry;
   }
 
@@ -298,11 +302,28 @@
         choices.appendChild(button);
       });
       bubble.appendChild(choices);
-    } else if (entry.kind === "fallback" && safeUrl(entry.handoff_url)) {
-      bubble.appendChild(h("a", { class: "fbw-handoff", href: safeUrl(entry.handoff_url), target: "_blank",
-        rel: "noopener noreferrer" }, [icon("agent"), text(config.handoff_text || "转人工客服")]));
+    }
+    if (entry.handoff || (entry.kind === "fallback" && safeUrl(entry.handoff_url))) {
+      bubble.appendChild(handoffButton(entry));
     }
     return h("div", { class: "fbw-row fbw-row-bot" }, [h("span", { class: "fbw-mini-avatar" }, [icon("bot")]), bubble]);
+  }
+
+  // The way to a person: the configured link, or (none set) a button that tells the host page, which
+  // may open its own live chat on the `faqbot:handoff` event.
+  function handoffButton(entry) {
+    var label = [icon("agent"), text(config.handoff_text || "转人工客服")];
+    var url = safeUrl(entry.handoff_url);
+    if (url) {
+      return h("a", { class: "fbw-handoff", href: url, target: "_blank", rel: "noopener noreferrer",
+        "data-reason": entry.handoff || "fallback" }, label);
+    }
+    var button = h("button", { class: "fbw-handoff", type: "button", "data-reason": entry.handoff || "fallback" }, label);
+    button.addEventListener("click", function () {
+      document.dispatchEvent(new CustomEvent("faqbot:handoff", { detail: {
+        session_id: state.sessionId, reason: entry.handoff || "fallback", message: entry.ask || null } }));
+    });
+    return button;
   }
 
   function feedbackRow(entry) {
@@ -645,7 +666,7 @@
       "border-radius:10px;background:#fafbfc;cursor:pointer;text-align:left;}",
       ".fbw-choice:hover{border-color:var(--fbw-brand);background:var(--fbw-brand-soft);color:var(--fbw-brand);}",
       ".fbw-choice-text{flex:1;}",
-      ".fbw-handoff{display:inline-flex;align-items:center;gap:6px;margin-top:10px;padding:6px 14px;",
+      ".fbw-handoff{display:inline-flex;align-items:center;gap:6px;margin-top:10px;padding:6px 14px;border:0;cursor:pointer;",
       "border-radius:16px;background:var(--fbw-brand);color:#fff!important;font-size:13px;text-decoration:none!important;}",
       ".fbw-handoff .fbw-svg{width:16px;height:16px;}",
       ".fbw-handoff:hover{background:var(--fbw-brand-dark);}",
