@@ -69,6 +69,8 @@ def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
         body["answer"] = service.settings.clarify_prefix + "".join(
             f"\n{i}. {c.question}" for i, c in enumerate(decision.clarify, 1)
         )
+    body["related"] = result.related.as_list() if decision.matched else []
+    body["related_source"] = result.related.source if decision.matched else None
     body["handoff"] = result.handoff is not None
     if result.handoff is not None:
         body["handoff_reason"] = result.handoff

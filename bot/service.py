@@ -24,6 +24,7 @@ from bot.cache import EmbeddingCache, ExactMatches
 from bot.handoff import ASKED, OFFERED, HandoffPhrases, LastTurn, SessionTurns, newer
 from bot.matcher import Decision, Matcher
 from bot.misswriter import ChatRow, MissWriter
+from bot.related import Related, RelatedFaqs
 from bot.settings import Settings
 from bot.store import MissRecord, Store, utcnow
 from faq import KnowledgeBase, load_kb
@@ -141,6 +142,7 @@ class ChatResult:
     miss_logged: bool = True
     extra: dict[str, object] = field(default_factory=dict)
     handoff: str | None = None  # bot.handoff.ASKED or OFFERED: this turn offers a person
+    related: Related = field(default_factory=Related)  # questions to suggest after a matched answer
 
 
 class NotReadyError(UnavailableError):
@@ -190,6 +192,7 @@ class FaqService:
         self.vector_sources = {"exact": 0, "cache": 0, "encoder": 0}
         self.handoff_phrases = HandoffPhrases()
         self.sessions = SessionTurns()
+        self._related: RelatedFaqs | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     @property
@@ -216,11 +219,13 @@ class FaqService:
         matcher = matcher_for(index, self.settings)
         exact = ExactMatches(index) if self._exact_enabled else None
         phrases = HandoffPhrases(index.meta.kb_handoff_phrases)
+        related = RelatedFaqs(index)
         with self._swap_lock:
             self._exact = exact
             self._matcher = matcher
             self._index = index
             self.handoff_phrases = phrases
+            self._related = related
 
     def refresh_if_published(self) -> bool:
         """Load the published version if another process (or worker) made a newer one live."""
@@ -372,12 +377,20 @@ class FaqService:
         decision = await self._adecide(clean, matcher, tags, top_k or self.settings.top_k)
         result = ChatResult(decision, clean, None, matcher.index.version, decision.faq.answer if decision.faq else None)
         result.handoff = await self._handoff_for(clean, decision, session_id)
+        if decision.faq is not None:
+            result.related = self.related_faqs(matcher.index).for_faq(decision.faq)
         if session_id:
             missed = _is_miss(decision) and result.handoff != ASKED
             self.sessions.put(session_id, LastTurn(utcnow(), missed))
         if log_turn:
             await self._log_turn(result, channel, session_id)
         return result
+
+    def related_faqs(self, index: FaqIndex) -> RelatedFaqs:
+        """The related-question finder of `index` (the live one's is kept; a request that started on an
+        older index during a swap gets one of its own)."""
+        related = self._related
+        return related if related is not None and related.index is index else RelatedFaqs(index)
 
     async def _handoff_for(self, clean: str, decision: Decision, session_id: str | None) -> str | None:
         """ASKED when the message asks for a person, OFFERED on a session's second miss in a row (bot.handoff)."""

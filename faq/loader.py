@@ -7,7 +7,7 @@ Aliases are never expanded beyond what the schema allows, so "billion laughs" fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -24,7 +24,7 @@ FLOAT_TAGS = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
 PLAIN_TAGS = {STR_TAG, NULL_TAG, MAP_TAG, SEQ_TAG, *FLOAT_TAGS, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
 TOP_KEYS = {"version", "defaults", "faqs"}
 DEFAULT_KEYS = {"threshold", "handoff_phrases"}
-FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold"}
+FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold", "related"}
 REQUIRED_FAQ_KEYS = ("id", "question", "answer")
 
 
@@ -83,11 +83,13 @@ def load_kb(path: str | Path) -> KnowledgeBase:
     faqs: list[FAQ] = []
     default_threshold: float | None = None
     handoff_phrases: list[str] = []
+    references: list[_Reference] = []
     for file in files:
         parsed = _load_file(file, problems)
         if parsed is None:
             continue
         faqs.extend(parsed.faqs)
+        references.extend(parsed.references)
         if parsed.default_threshold is not None:
             default_threshold = parsed.default_threshold
         handoff_phrases.extend(parsed.handoff_phrases)
@@ -100,6 +102,9 @@ def load_kb(path: str | Path) -> KnowledgeBase:
             )
         else:
             seen[f.id] = f
+    for ref in references:  # `related` may name an FAQ of any file: checked once all are read
+        if ref.target not in seen:
+            problems.append(KBProblem(ref.file, ref.line, ref.field, f"unknown FAQ id {ref.target!r}"))
     if not faqs and not problems:
         problems.append(KBProblem(str(root), 0, "faqs", "the knowledge base has no FAQs"))
     if problems:
@@ -108,13 +113,24 @@ def load_kb(path: str | Path) -> KnowledgeBase:
                          handoff_phrases=tuple(dict.fromkeys(handoff_phrases)))
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """One FAQ id named in `related`, where it was written (checked against every file's ids)."""
+
+    file: str
+    line: int
+    field: str
+    target: str
+
+
 @dataclass
 class _FileContent:
-    """What one KB file contributes: its FAQs and its `defaults`."""
+    """What one KB file contributes: its FAQs, its `defaults`, the FAQ ids its `related` lists name."""
 
     faqs: list[FAQ]
     default_threshold: float | None = None
     handoff_phrases: tuple[str, ...] = ()
+    references: list[_Reference] = field(default_factory=list)
 
 
 def _load_file(file: Path, problems: list[KBProblem]) -> _FileContent | None:
@@ -156,6 +172,7 @@ class _FileReader:
     def __init__(self, name: str, problems: list[KBProblem]) -> None:
         self.name = name
         self.problems = problems
+        self.references: list[_Reference] = []
 
     def problem(self, node: yaml.Node | None, field: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -239,6 +256,7 @@ class _FileReader:
             return None
         faqs = [self.faq(node, i) for i, node in enumerate(faqs_node.value)]
         content.faqs = [f for f in faqs if f is not None]
+        content.references = self.references
         return content
 
     def defaults(self, node: yaml.Node, content: _FileContent) -> None:
@@ -270,6 +288,7 @@ class _FileReader:
         paraphrases = self.string_list(entry["paraphrases"][1], f"{field}.paraphrases") if "paraphrases" in entry else ()
         tags = self.string_list(entry["tags"][1], f"{field}.tags") if "tags" in entry else ()
         threshold = self.number(entry["threshold"][1], f"{field}.threshold") if "threshold" in entry else None
+        related = self.related(entry["related"][1], f"{field}.related", faq_id) if "related" in entry else ()
         if len(self.problems) > before or faq_id is None or question is None or answer is None:
             return None
         return FAQ(
@@ -281,7 +300,28 @@ class _FileReader:
             threshold=threshold,
             source=Path(self.name),
             line=node.start_mark.line + 1,
+            related=related,
         )
+
+    def related(self, node: yaml.Node, field: str, faq_id: str | None) -> tuple[str, ...]:
+        """FAQ ids to suggest after this answer; each is checked against the whole KB by `load_kb`."""
+        ids = self.string_list(node, field)
+        if not isinstance(node, yaml.SequenceNode):
+            return ids
+        out: list[str] = []
+        for i, item in enumerate(node.value):
+            target = item.value.strip() if isinstance(item, yaml.ScalarNode) else ""
+            if not target or target not in ids:
+                continue  # string_list has reported it
+            line = item.start_mark.line + 1
+            if target == faq_id:
+                self.problem(item, f"{field}[{i}]", "an FAQ cannot be related to itself")
+            elif target in out:
+                self.problem(item, f"{field}[{i}]", f"{target!r} is listed twice")
+            else:
+                out.append(target)
+                self.references.append(_Reference(self.name, line, f"{field}[{i}]", target))
+        return tuple(out)
 
 
 def _peek_id(node: yaml.Node) -> str | None:

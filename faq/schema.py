@@ -23,11 +23,32 @@ class FAQ:
     threshold: float | None = None
     source: Path | None = None
     line: int = 0
+    related: tuple[str, ...] = ()  # ids of FAQs to suggest after this one's answer, in order
 
     @property
     def texts(self) -> tuple[str, ...]:
         """Every way this FAQ is asked: the canonical question first, then the paraphrases."""
         return (self.question, *self.paraphrases)
+
+    def desk_fields(self) -> dict[str, object]:
+        """The fields of the customer-service desk (#24) that are set: in the hash and the index only when
+        given, so a KB that uses none of them keeps the hash (and index) it had before they existed."""
+        fields: dict[str, object] = {}
+        if self.related:
+            fields["related"] = list(self.related)
+        return fields
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready, for the index metadata (`from_dict` reads it back)."""
+        return {"id": self.id, "question": self.question, "paraphrases": list(self.paraphrases), "answer": self.answer,
+                "tags": list(self.tags), "threshold": self.threshold, "source": str(self.source or ""), "line": self.line,
+                **self.desk_fields()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FAQ:
+        return cls(id=d["id"], question=d["question"], answer=d["answer"], paraphrases=tuple(d["paraphrases"]),
+                   tags=tuple(d["tags"]), threshold=d["threshold"], source=Path(d["source"]) if d["source"] else None,
+                   line=int(d["line"]), related=tuple(d.get("related", ())))
 
 
 @dataclass(frozen=True)
@@ -50,7 +71,8 @@ class KnowledgeBase:
     def content_hash(self) -> str:
         """Hash of everything that changes the index or the answers (not comments or formatting)."""
         payload = [
-            [f.id, f.question, list(f.paraphrases), f.answer, list(f.tags), f.threshold] for f in self.faqs
+            [f.id, f.question, list(f.paraphrases), f.answer, list(f.tags), f.threshold]
+            + ([f.desk_fields()] if f.desk_fields() else []) for f in self.faqs
         ]
         kb_level: list[object] = [payload, self.default_threshold]
         if self.handoff_phrases:  # only when set, so a KB without the newer fields keeps its old hash

@@ -342,14 +342,11 @@ def with_calibration(index: FaqIndex, calibration: Calibration) -> FaqIndex:
 
 
 def _faq_to_dict(f: FAQ) -> dict[str, object]:
-    return {"id": f.id, "question": f.question, "paraphrases": list(f.paraphrases), "answer": f.answer,
-            "tags": list(f.tags), "threshold": f.threshold, "source": str(f.source or ""), "line": f.line}
+    return f.to_dict()
 
 
 def _faq_from_dict(d: dict) -> FAQ:
-    return FAQ(id=d["id"], question=d["question"], answer=d["answer"], paraphrases=tuple(d["paraphrases"]),
-               tags=tuple(d["tags"]), threshold=d["threshold"], source=Path(d["source"]) if d["source"] else None,
-               line=int(d["line"]))
+    return FAQ.from_dict(d)
 
 
 def _fsync_dir(path: Path) -> None:

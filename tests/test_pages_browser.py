@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import ARTIFACTS, TINY_KB, serve_app
+from tests.desk_kb import DESK_KB
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
@@ -53,7 +54,8 @@ def browser():
 
 
 @contextlib.contextmanager
-def start_site(root: Path, encoder, *, confidence=None, **overrides: object) -> Iterator[dict[str, object]]:
+def start_site(root: Path, encoder, *, confidence=None, kb_text: str = TINY_KB,
+               **overrides: object) -> Iterator[dict[str, object]]:
     """faqbot on a loopback port: base URL, settings (admin on, 转人工 link set), the SQLite path.
 
     With `confidence`, an index of the KB whose calibration carries that model is published before
@@ -67,7 +69,7 @@ def start_site(root: Path, encoder, *, confidence=None, **overrides: object) -> 
 
     kb = root / "kb"
     kb.mkdir()
-    (kb / "faq.yaml").write_text(TINY_KB, encoding="utf-8")
+    (kb / "faq.yaml").write_text(kb_text, encoding="utf-8")
     settings = Settings(kb=kb, data_dir=root / "var", admin_token=ADMIN_TOKEN, handoff_url=HANDOFF_URL,
                         **overrides)
     if confidence is not None:
@@ -609,3 +611,32 @@ def test_widget_offers_a_person_when_asked_and_after_two_misses(browser, site) -
         ask(page, "转人工").locator("button.fbw-handoff").click()
         detail = page.evaluate("window.__handoff")
         assert detail["reason"] == "asked" and detail["message"] == "转人工" and detail["session_id"]
+
+
+@pytest.fixture(scope="module")
+def desk_site(tmp_path_factory, bundled_encoder) -> Iterator[dict[str, object]]:
+    """faqbot on the desk KB (FAQs with `related` lists, and near neighbours)."""
+    with start_site(tmp_path_factory.mktemp("pages-desk"), bundled_encoder, kb_text=DESK_KB) as running:
+        yield running
+
+
+def test_related_questions_are_chips_that_ask_them(browser, desk_site) -> None:
+    base = str(desk_site["base"])
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        page.goto(base + "/")
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        reply = ask(page, "可以开票吗")
+        related = reply.locator(".fbw-related")
+        assert related.get_attribute("data-source") == "kb"
+        assert related.locator(".fbw-related-title").inner_text() == "相关问题"
+        assert related.locator(".fbw-chip").all_inner_texts() == ["会员积分有什么用？", "下单后多久发货？"]
+        page.screenshot(path=str(SHOTS / "widget-related.png"))
+        related.locator(".fbw-chip").nth(1).click()
+        asked = page.locator(f"{WIDGET} .fbw-row-bot:not(.fbw-typing-row)").nth(2)
+        asked.wait_for()
+        assert page.locator(f"{WIDGET} .fbw-user").all_inner_texts() == ["可以开票吗", "下单后多久发货？"]
+        assert asked.locator(".fbw-match-question").inner_text() == "匹配问题：下单后多久发货？"
+        # The nearest FAQs fill in for an FAQ that names none.
+        nearest = ask(page, "怎么退货")
+        assert nearest.locator(".fbw-related").get_attribute("data-source") == "nearest"
+        assert nearest.locator(".fbw-chip").all_inner_texts() == ["怎么换货？", "退款多久能到账？"]

@@ -133,6 +133,8 @@ class Channel(ABC):
         body = chat_response(result, service)
         self.context.metrics.answers.labels(answer_label(result), self.name).inc()
         reply = str(body["answer"])
+        if body.get("related"):
+            reply += "\n\n相关问题：" + "".join(f"\n{i}. {r['question']}" for i, r in enumerate(body["related"], 1))
         if body.get("handoff_url"):
             reply += f"\n\n人工客服：{body['handoff_url']}"
         return Answer(reply, body)

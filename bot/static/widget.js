@@ -207,6 +207,11 @@
       entry.question = reply.question;
       entry.percent = reply.percent;
       if (typeof reply.confidence === "number") entry.confidence = reply.confidence;
+      if (Array.isArray(reply.related) && reply.related.length) {
+        entry.related = reply.related.slice(0, 5).map(function (r) { return { question: String(r.question || "") }; })
+          .filter(function (r) { return r.question; });
+        entry.related_source = reply.related_source || null;
+      }
     } else if (reply.clarify && reply.clarify.length) {
       entry.kind = "clarify";
       entry.text = entry.text.split("\n")[0];
@@ -290,6 +295,7 @@
         h("span", { class: "fbw-match-question" }, [text("匹配问题：" + entry.question)]),
         scoreBadge(entry),
       ]));
+      if (entry.related && entry.related.length) bubble.appendChild(relatedChips(entry));
       bubble.appendChild(feedbackRow(entry));
     } else if (entry.kind === "clarify") {
       var choices = h("div", { class: "fbw-choices" });
@@ -339,6 +345,19 @@
     up.addEventListener("click", function () { sendFeedback(entry, true, row); });
     down.addEventListener("click", function () { sendFeedback(entry, false, row); });
     return row;
+  }
+
+  // Questions related to the answer (the FAQ's own list, or its nearest FAQs): a click asks it.
+  function relatedChips(entry) {
+    var wrap = h("div", { class: "fbw-related", "data-source": entry.related_source || "" }, [
+      h("div", { class: "fbw-related-title" }, [text("相关问题")]),
+    ]);
+    entry.related.forEach(function (related) {
+      var chip = h("button", { class: "fbw-chip", type: "button" }, [text(related.question)]);
+      chip.addEventListener("click", function () { if (!busy) ask(related.question); });
+      wrap.appendChild(chip);
+    });
+    return wrap;
   }
 
   function suggestionChips() {
@@ -675,7 +694,8 @@
       ".fbw-link-button{border:0;background:none;padding:0;color:var(--fbw-brand);cursor:pointer;font-size:13px;",
       "font-weight:500;white-space:nowrap;}",
       ".fbw-suggestions{margin:-4px 0 14px 38px;display:flex;flex-wrap:wrap;gap:6px;}",
-      ".fbw-suggestions-title{width:100%;font-size:12px;color:var(--fbw-muted);}",
+      ".fbw-suggestions-title,.fbw-related-title{width:100%;font-size:12px;color:var(--fbw-muted);}",
+      ".fbw-related{display:flex;flex-wrap:wrap;gap:6px;margin-top:8px;}",
       ".fbw-chip{border:1px solid var(--fbw-brand-line);background:#fff;color:var(--fbw-brand);",
       "border-radius:14px;padding:3px 12px;cursor:pointer;font-size:13px;}",
       ".fbw-chip:hover{background:var(--fbw-brand-soft);}",
