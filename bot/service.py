@@ -375,7 +375,8 @@ class FaqService:
         matcher = self.matcher  # one snapshot for the whole request, even if a reload swaps meanwhile
         clean = sanitize(message, self.settings.max_message_chars)
         decision = await self._adecide(clean, matcher, tags, top_k or self.settings.top_k)
-        result = ChatResult(decision, clean, None, matcher.index.version, decision.faq.answer if decision.faq else None)
+        answer = decision.faq.answer_for(channel) if decision.faq else None
+        result = ChatResult(decision, clean, None, matcher.index.version, answer)
         result.handoff = await self._handoff_for(clean, decision, session_id)
         if decision.faq is not None:
             result.related = self.related_faqs(matcher.index).for_faq(decision.faq)

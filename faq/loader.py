@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from faq.errors import InvalidInputError
-from faq.schema import FAQ, ID_PATTERN, KnowledgeBase
+from faq.schema import FAQ, ID_PATTERN, KNOWN_CHANNELS, KnowledgeBase
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 STR_TAG = "tag:yaml.org,2002:str"
@@ -24,7 +24,7 @@ FLOAT_TAGS = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
 PLAIN_TAGS = {STR_TAG, NULL_TAG, MAP_TAG, SEQ_TAG, *FLOAT_TAGS, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
 TOP_KEYS = {"version", "defaults", "faqs"}
 DEFAULT_KEYS = {"threshold", "handoff_phrases"}
-FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold", "related"}
+FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold", "related", "channel_answers"}
 REQUIRED_FAQ_KEYS = ("id", "question", "answer")
 
 
@@ -289,6 +289,8 @@ class _FileReader:
         tags = self.string_list(entry["tags"][1], f"{field}.tags") if "tags" in entry else ()
         threshold = self.number(entry["threshold"][1], f"{field}.threshold") if "threshold" in entry else None
         related = self.related(entry["related"][1], f"{field}.related", faq_id) if "related" in entry else ()
+        by_channel = self.channel_answers(entry["channel_answers"][1], f"{field}.channel_answers") \
+            if "channel_answers" in entry else ()
         if len(self.problems) > before or faq_id is None or question is None or answer is None:
             return None
         return FAQ(
@@ -301,7 +303,18 @@ class _FileReader:
             source=Path(self.name),
             line=node.start_mark.line + 1,
             related=related,
+            channel_answers=by_channel,
         )
+
+    def channel_answers(self, node: yaml.Node, field: str) -> tuple[tuple[str, str], ...]:
+        """`{channel: answer}` for known channels only (a typo would silently never be used)."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return ()
+        entries = self.mapping(node, field, set(KNOWN_CHANNELS))
+        if entries is None:
+            return ()
+        answers = ((channel, self.string(value, f"{field}.{channel}")) for channel, (_, value) in entries.items())
+        return tuple((channel, answer) for channel, answer in answers if answer is not None)
 
     def related(self, node: yaml.Node, field: str, faq_id: str | None) -> tuple[str, ...]:
         """FAQ ids to suggest after this answer; each is checked against the whole KB by `load_kb`."""

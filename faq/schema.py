@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Where a question can arrive (/chat's `channel`, each webhook, `faqbot ask`): the keys `channel_answers` may use.
+KNOWN_CHANNELS = ("web", "wecom", "wechat", "dingtalk", "feishu", "slack", "telegram", "generic", "cli")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,11 @@ class FAQ:
     source: Path | None = None
     line: int = 0
     related: tuple[str, ...] = ()  # ids of FAQs to suggest after this one's answer, in order
+    channel_answers: tuple[tuple[str, str], ...] = ()  # (channel, answer) replacing `answer` there
+
+    def answer_for(self, channel: str) -> str:
+        """The answer written for `channel`, else the default `answer`."""
+        return dict(self.channel_answers).get(channel, self.answer)
 
     @property
     def texts(self) -> tuple[str, ...]:
@@ -36,6 +43,8 @@ class FAQ:
         fields: dict[str, object] = {}
         if self.related:
             fields["related"] = list(self.related)
+        if self.channel_answers:
+            fields["channel_answers"] = dict(self.channel_answers)
         return fields
 
     def to_dict(self) -> dict[str, object]:
@@ -48,7 +57,8 @@ class FAQ:
     def from_dict(cls, d: dict) -> FAQ:
         return cls(id=d["id"], question=d["question"], answer=d["answer"], paraphrases=tuple(d["paraphrases"]),
                    tags=tuple(d["tags"]), threshold=d["threshold"], source=Path(d["source"]) if d["source"] else None,
-                   line=int(d["line"]), related=tuple(d.get("related", ())))
+                   line=int(d["line"]), related=tuple(d.get("related", ())),
+                   channel_answers=tuple(d.get("channel_answers", {}).items()))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,13 @@ DESK_KB = TINY_KB.replace(
     "    tags: [membership]\n",
     "    tags: [membership]\n"
     "    related: [invoice, return_howto, shipping_time, change_password, exchange_howto, refund_time]\n",
+).replace(
+    "    tags: [shipping]\n",
+    "    tags: [shipping]\n"
+    "    channel_answers:  # the same answer, written for where it is read\n"
+    "      web: 现货商品 48 小时内发货，可在[我的订单](https://shop.example.com/orders)查看物流。\n"
+    "      dingtalk: \"**现货** 48 小时内发货。\"\n"
+    "      wecom: 现货 48 小时内发货，可在企业微信工作台查看物流。\n",
 ) + """\
   - id: exchange_howto
     question: 怎么换货？

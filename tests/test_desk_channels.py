@@ -55,3 +55,11 @@ def test_related_questions_are_appended_as_a_numbered_list(server) -> None:
     assert response.status_code == 200, response.text
     text = response.json()["markdown"]["text"]
     assert "相关问题：  \n1. 怎么换货？  \n2. 退款多久能到账？" in text
+
+
+def test_each_webhook_answers_with_its_own_channels_answer(server) -> None:
+    assert generic(server, "什么时候发货", f"s-{uuid.uuid4().hex[:8]}")["reply"].startswith("现货商品 48 小时内发货。")
+    user = f"staff-{uuid.uuid4().hex[:8]}"
+    response = post(server.base, "/webhooks/dingtalk", headers=dingtalk_headers(DINGTALK_SECRET),
+                    content=dingtalk_body(user=user, text="什么时候发货", msg_id=f"msg-{uuid.uuid4().hex[:8]}"))
+    assert response.json()["markdown"]["text"].startswith("**现货** 48 小时内发货。")
