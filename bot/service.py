@@ -57,7 +57,7 @@ RESULT_TIMEOUT_SECONDS = 60.0
 def matcher_for(index: FaqIndex, settings: Settings) -> Matcher:
     """The matcher /chat decides with for `index` under these settings (also the reload gate's)."""
     return Matcher(index, threshold=settings.threshold, kb_default_threshold=index.meta.kb_default_threshold,
-                   min_confidence=settings.min_confidence)
+                   min_confidence=settings.min_confidence, timezone=settings.zone)
 
 
 def deployed_encoder(data_dir: Path) -> str | None:
@@ -379,7 +379,7 @@ class FaqService:
         result = ChatResult(decision, clean, None, matcher.index.version, answer)
         result.handoff = await self._handoff_for(clean, decision, session_id)
         if decision.faq is not None:
-            result.related = self.related_faqs(matcher.index).for_faq(decision.faq)
+            result.related = self.related_faqs(matcher.index).for_faq(decision.faq, matcher.offered)
         if session_id:
             missed = _is_miss(decision) and result.handoff != ASKED
             self.sessions.put(session_id, LastTurn(utcnow(), missed))

@@ -8,12 +8,13 @@ Aliases are never expanded beyond what the schema allows, so "billion laughs" fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import yaml
 
 from faq.errors import InvalidInputError
-from faq.schema import FAQ, ID_PATTERN, KNOWN_CHANNELS, KnowledgeBase
+from faq.schema import FAQ, ID_PATTERN, KNOWN_CHANNELS, KnowledgeBase, parse_when
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 STR_TAG = "tag:yaml.org,2002:str"
@@ -21,10 +22,12 @@ NULL_TAG = "tag:yaml.org,2002:null"
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 FLOAT_TAGS = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
+TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 PLAIN_TAGS = {STR_TAG, NULL_TAG, MAP_TAG, SEQ_TAG, *FLOAT_TAGS, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
 TOP_KEYS = {"version", "defaults", "faqs"}
 DEFAULT_KEYS = {"threshold", "handoff_phrases"}
-FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold", "related", "channel_answers"}
+FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold", "related", "channel_answers", "valid_from",
+            "valid_to"}
 REQUIRED_FAQ_KEYS = ("id", "question", "answer")
 
 
@@ -291,6 +294,7 @@ class _FileReader:
         related = self.related(entry["related"][1], f"{field}.related", faq_id) if "related" in entry else ()
         by_channel = self.channel_answers(entry["channel_answers"][1], f"{field}.channel_answers") \
             if "channel_answers" in entry else ()
+        valid_from, valid_to = self.window(entry, field)
         if len(self.problems) > before or faq_id is None or question is None or answer is None:
             return None
         return FAQ(
@@ -304,7 +308,35 @@ class _FileReader:
             line=node.start_mark.line + 1,
             related=related,
             channel_answers=by_channel,
+            valid_from=valid_from,
+            valid_to=valid_to,
         )
+
+    def when(self, node: yaml.Node, field: str) -> date | datetime | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return None
+        if isinstance(node, yaml.ScalarNode) and node.tag in (STR_TAG, TIMESTAMP_TAG):
+            try:
+                return parse_when(node.value)
+            except ValueError:
+                pass
+        self.problem(node, field, f"expected a date (2026-01-31) or an ISO datetime (2026-01-31T18:00:00+08:00), "
+                                  f"got {_kind(node)}")
+        return None
+
+    def window(self, entry: dict[str, tuple[yaml.Node, yaml.Node]], field: str,
+               ) -> tuple[date | datetime | None, date | datetime | None]:
+        """`valid_from` and `valid_to`; a window that ends before it starts is refused."""
+        start = self.when(entry["valid_from"][1], f"{field}.valid_from") if "valid_from" in entry else None
+        end = self.when(entry["valid_to"][1], f"{field}.valid_to") if "valid_to" in entry else None
+        if start is not None and end is not None:
+            # Dates and naive times are read in FAQBOT_TIMEZONE when answering; any one zone orders them alike
+            # unless only one side names an offset, where UTC is as good a reading as any.
+            first, last = FAQ("-", "-", "-", valid_from=start, valid_to=end).window(UTC)
+            if first is not None and last is not None and last <= first:
+                self.problem(entry["valid_to"][1], f"{field}.valid_to",
+                             f"{end.isoformat()} is before valid_from {start.isoformat()}")
+        return start, end
 
     def channel_answers(self, node: yaml.Node, field: str) -> tuple[tuple[str, str], ...]:
         """`{channel: answer}` for known channels only (a typo would silently never be used)."""
