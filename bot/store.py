@@ -77,6 +77,8 @@ chat_log = Table(
     Column("similarity", Float),
     Column("miss_id", Integer),
     Column("handoff", String(16)),  # asked | offered (bot.handoff), else null
+    # A session's last turn is read on every miss (bot.handoff: two misses in a row offer a person).
+    Index("ix_chat_log_session_created", "session_id", "created_at"),
 )
 
 feedback = Table(

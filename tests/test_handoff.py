@@ -148,3 +148,25 @@ def test_a_second_process_sees_the_first_miss_in_the_chat_log(make_settings, bun
     second.use_index(first.index)
     result = second.chat(WEATHER[1], session_id="shared")
     assert result.handoff == "offered" and not result.decision.matched and result.miss_id is not None
+
+
+@pytest.mark.slow
+def test_an_faq_that_answers_the_request_is_given_with_the_handoff(make_settings, bundled_encoder, tmp_path) -> None:
+    """A KB often has "怎么联系人工客服？" with "转人工" among its paraphrases: its answer, and a person offered."""
+    from bot.service import FaqService, ensure_index
+
+    kb = tmp_path / "kb-contact"
+    kb.mkdir()
+    (kb / "faq.yaml").write_text(TINY_KB + "  - id: contact\n    question: 怎么联系人工客服？\n"
+                                 "    paraphrases: [转人工, 我要找真人客服]\n    answer: 客服热线 400-800-1234。\n",
+                                 encoding="utf-8")
+    settings = make_settings(kb=kb, handoff_url=HANDOFF_URL)
+    service = FaqService(settings, encoder=bundled_encoder)
+    service.use_index(ensure_index(settings, bundled_encoder))
+    from bot.api import chat_response
+
+    result = service.chat("转人工", session_id="s-contact")
+    body = chat_response(result, service)
+    assert body["matched"] is True and body["faq_id"] == "contact" and body["answer"] == "客服热线 400-800-1234。"
+    assert body["handoff"] is True and body["handoff_reason"] == "asked" and body["handoff_url"] == HANDOFF_URL
+    assert result.miss_id is None and service.store.count_misses() == 0
