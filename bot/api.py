@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from bot.errors import error_response
+from bot.handoff import ASKED
 from bot.matcher import Decision
 from bot.metrics import Metrics
 from bot.schemas import ChatRequest, EmbeddingsRequest, FeedbackRequest, SimilarityRequest
@@ -68,12 +69,26 @@ def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
         body["answer"] = service.settings.clarify_prefix + "".join(
             f"\n{i}. {c.question}" for i, c in enumerate(decision.clarify, 1)
         )
-    if not decision.matched and service.settings.handoff_url:
+    body["related"] = result.related.as_list() if decision.matched else []
+    body["related_source"] = result.related.source if decision.matched else None
+    body["handoff"] = result.handoff is not None
+    if result.handoff is not None:
+        body["handoff_reason"] = result.handoff
+        if result.handoff == ASKED and not decision.matched:
+            body["answer"] = service.settings.handoff_answer
+    if (not decision.matched or result.handoff) and service.settings.handoff_url:
         body["handoff_url"] = service.settings.handoff_url
-    if not result.miss_logged and not decision.matched:
+    if not result.miss_logged and not decision.matched and result.handoff != ASKED:
         body["miss_logged"] = False
         body["miss_error"] = MISS_NOT_LOGGED
     return body
+
+
+def answer_label(result: ChatResult) -> str:
+    """The `answers` metric's outcome of a turn: matched, below_threshold, ambiguous or handoff (asked for a person)."""
+    if result.decision.matched:
+        return "matched"
+    return "handoff" if result.handoff == ASKED else result.decision.reason
 
 
 @router.post("/chat", tags=["chat"])
@@ -86,7 +101,7 @@ async def chat(body: ChatRequest, service: Service, request: Request) -> dict[st
     result = await service.achat(body.message, channel=body.channel, session_id=body.session_id, tags=body.tags,
                                  top_k=body.top_k)
     metrics: Metrics = request.app.state.metrics
-    metrics.answers.labels("matched" if result.decision.matched else result.decision.reason, body.channel).inc()
+    metrics.answers.labels(answer_label(result), body.channel).inc()
     return chat_response(result, service)
 
 

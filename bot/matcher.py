@@ -6,8 +6,9 @@ the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, tzinfo
 
 import numpy as np
 
@@ -63,8 +64,12 @@ class Matcher:
     """
 
     def __init__(self, index: FaqIndex, *, threshold: float | None = None, kb_default_threshold: float | None = None,
-                 margin: float | None = None, min_confidence: float | None = None) -> None:
+                 margin: float | None = None, min_confidence: float | None = None, timezone: tzinfo = UTC,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.index = index
+        self.timezone = timezone
+        self.clock = clock
+        self._windowed = any(f.valid_from is not None or f.valid_to is not None for f in index.faqs)
         model = index.calibration.confidence
         self.cosine_threshold = kb_default_threshold if kb_default_threshold is not None else threshold
         if self.cosine_threshold is None and model is not None:
@@ -93,9 +98,22 @@ class Matcher:
         assert self.min_confidence is not None
         return confidence is not None and confidence >= self.min_confidence
 
+    def offered(self, faq: FAQ, now: datetime | None = None) -> bool:
+        """Whether `faq` is inside its validity window now (the FAQ of `valid_from` / `valid_to`)."""
+        return not self._windowed or faq.offered_at(now or self.clock(), self.timezone)
+
+    def _on_offer(self, candidates: tuple[Candidate, ...], confidence: float | None,
+                  ) -> tuple[tuple[Candidate, ...], float | None]:
+        """The candidates inside their validity window. The confidence was read off a ranking led by the first
+        FAQ: when that one is out of its window it says nothing of the next, which then cannot clear it."""
+        if not self._windowed or not candidates:
+            return candidates, confidence
+        now = self.clock()
+        kept = tuple(c for c in candidates if self.offered(self.index.faq_by_id[c.faq_id], now))
+        return kept, (confidence if kept and kept[0] is candidates[0] else None)
+
     def decide(self, ranking: Ranking) -> Decision:
-        candidates = tuple(self.candidate(r) for r in ranking.faqs)
-        confidence = ranking.confidence
+        candidates, confidence = self._on_offer(tuple(self.candidate(r) for r in ranking.faqs), ranking.confidence)
         if not candidates:
             return Decision(False, None, None, (), self.threshold_for(None), confidence=None,
                             min_confidence=self.min_confidence)

@@ -46,6 +46,7 @@ class ChatRow:
     matched: bool
     faq_id: str | None
     similarity: float | None
+    handoff: str | None = None
 
 
 @dataclass
@@ -206,7 +207,8 @@ class MissWriter:
                         chat = turn.chat
                         chat_rows.append({"created_at": turn.created_at, "channel": chat.channel,
                                           "session_id": chat.session_id, "matched": chat.matched,
-                                          "faq_id": chat.faq_id, "similarity": chat.similarity, "miss_id": miss_id})
+                                          "faq_id": chat.faq_id, "similarity": chat.similarity, "miss_id": miss_id,
+                                          "handoff": chat.handoff})
                 if chat_rows:
                     conn.execute(insert(chat_log), chat_rows)
         except Exception as exc:  # any database failure: fail the waiting misses, keep chat rows for a retry

@@ -21,10 +21,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.batcher import BatchStats, Encoded, MicroBatcher, OverloadedError, SearchSpec
 from bot.cache import EmbeddingCache, ExactMatches
+from bot.handoff import ASKED, OFFERED, HandoffPhrases, LastTurn, SessionTurns, newer
 from bot.matcher import Decision, Matcher
 from bot.misswriter import ChatRow, MissWriter
+from bot.related import Related, RelatedFaqs
 from bot.settings import Settings
-from bot.store import MissRecord, Store
+from bot.store import MissRecord, Store, utcnow
 from faq import KnowledgeBase, load_kb
 from faq.errors import UnavailableError
 from index.calibration import Calibration
@@ -55,7 +57,7 @@ RESULT_TIMEOUT_SECONDS = 60.0
 def matcher_for(index: FaqIndex, settings: Settings) -> Matcher:
     """The matcher /chat decides with for `index` under these settings (also the reload gate's)."""
     return Matcher(index, threshold=settings.threshold, kb_default_threshold=index.meta.kb_default_threshold,
-                   min_confidence=settings.min_confidence)
+                   min_confidence=settings.min_confidence, timezone=settings.zone)
 
 
 def deployed_encoder(data_dir: Path) -> str | None:
@@ -139,6 +141,8 @@ class ChatResult:
     answer: str | None = None
     miss_logged: bool = True
     extra: dict[str, object] = field(default_factory=dict)
+    handoff: str | None = None  # bot.handoff.ASKED or OFFERED: this turn offers a person
+    related: Related = field(default_factory=Related)  # questions to suggest after a matched answer
 
 
 class NotReadyError(UnavailableError):
@@ -186,6 +190,9 @@ class FaqService:
         self.miss_writer: MissWriter | None = None
         self._metrics: Metrics | None = None
         self.vector_sources = {"exact": 0, "cache": 0, "encoder": 0}
+        self.handoff_phrases = HandoffPhrases()
+        self.sessions = SessionTurns()
+        self._related: RelatedFaqs | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     @property
@@ -211,10 +218,14 @@ class FaqService:
         check_compatible(index, self.encoder)
         matcher = matcher_for(index, self.settings)
         exact = ExactMatches(index) if self._exact_enabled else None
+        phrases = HandoffPhrases(index.meta.kb_handoff_phrases)
+        related = RelatedFaqs(index)
         with self._swap_lock:
             self._exact = exact
             self._matcher = matcher
             self._index = index
+            self.handoff_phrases = phrases
+            self._related = related
 
     def refresh_if_published(self) -> bool:
         """Load the published version if another process (or worker) made a newer one live."""
@@ -364,10 +375,38 @@ class FaqService:
         matcher = self.matcher  # one snapshot for the whole request, even if a reload swaps meanwhile
         clean = sanitize(message, self.settings.max_message_chars)
         decision = await self._adecide(clean, matcher, tags, top_k or self.settings.top_k)
-        result = ChatResult(decision, clean, None, matcher.index.version, decision.faq.answer if decision.faq else None)
+        answer = decision.faq.answer_for(channel) if decision.faq else None
+        result = ChatResult(decision, clean, None, matcher.index.version, answer)
+        result.handoff = await self._handoff_for(clean, decision, session_id)
+        if decision.faq is not None:
+            result.related = self.related_faqs(matcher.index).for_faq(decision.faq, matcher.offered)
+        if session_id:
+            missed = _is_miss(decision) and result.handoff != ASKED
+            self.sessions.put(session_id, LastTurn(utcnow(), missed))
         if log_turn:
             await self._log_turn(result, channel, session_id)
         return result
+
+    def related_faqs(self, index: FaqIndex) -> RelatedFaqs:
+        """The related-question finder of `index` (the live one's is kept; a request that started on an
+        older index during a swap gets one of its own)."""
+        related = self._related
+        return related if related is not None and related.index is index else RelatedFaqs(index)
+
+    async def _handoff_for(self, clean: str, decision: Decision, session_id: str | None) -> str | None:
+        """ASKED when the message asks for a person, OFFERED on a session's second miss in a row (bot.handoff)."""
+        if self.handoff_phrases.asks_for_person(clean):
+            return ASKED
+        if not session_id or not _is_miss(decision):
+            return None
+        try:
+            stored = await asyncio.to_thread(self.store.last_turn, session_id)
+        except STORE_REFUSED as exc:  # the database is only a second opinion: this process's memory decides
+            log.warning("handoff: the chat log could not be read (%s)", exc)
+            stored = None
+        from_db = LastTurn(*stored) if stored is not None else None
+        previous = newer(self.sessions.get(session_id), from_db)
+        return OFFERED if previous is not None and previous.missed else None
 
     def chat(self, message: str, *, channel: str = "web", session_id: str | None = None,
              tags: Sequence[str] | None = None, top_k: int | None = None, log_turn: bool = True) -> ChatResult:
@@ -438,7 +477,7 @@ class FaqService:
         """Log the turn (and the miss, if it was one) into `result`; a refusing database is logged, not raised."""
         try:
             result.miss_id = await self._record_turn(result.message, result.decision, channel, session_id,
-                                                     result.index_version)
+                                                     result.index_version, result.handoff)
         except STORE_REFUSED as exc:
             log.error("chat: the miss log refused this turn (%s); answering without logging it", exc)
             if self._metrics is not None:
@@ -446,12 +485,14 @@ class FaqService:
             result.miss_logged = False
 
     async def _record_turn(self, clean: str, decision: Decision, channel: str, session_id: str | None,
-                           index_version: str) -> int | None:
-        """Hand the turn to the batched writer (or write it in a thread without one); the committed miss id."""
+                           index_version: str, handoff: str | None = None) -> int | None:
+        """Hand the turn to the batched writer (or write it in a thread without one); the committed miss id.
+        A request for a person is no miss: nothing an FAQ could have answered."""
         chat = ChatRow(channel=channel, session_id=session_id, matched=decision.matched,
                        faq_id=decision.faq.id if decision.faq else None,
-                       similarity=decision.best.similarity if decision.best else None)
-        miss = None if decision.matched else self.miss_record(clean, decision, channel, session_id, index_version)
+                       similarity=decision.best.similarity if decision.best else None, handoff=handoff)
+        is_miss = not decision.matched and handoff != ASKED
+        miss = self.miss_record(clean, decision, channel, session_id, index_version) if is_miss else None
         recorded = self._hand_over(chat, miss)
         if recorded is None:
             return await asyncio.to_thread(self._write_turn_here, chat, miss)
@@ -469,7 +510,7 @@ class FaqService:
     def _write_turn_here(self, chat: ChatRow, miss: MissRecord | None) -> int | None:
         miss_id = self.store.log_miss(miss) if miss is not None else None
         self.store.log_chat(channel=chat.channel, session_id=chat.session_id, matched=chat.matched,
-                            faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id)
+                            faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id, handoff=chat.handoff)
         return miss_id
 
     @staticmethod
@@ -507,6 +548,11 @@ class FaqService:
         from index.calibration import default_calibration
 
         return default_calibration(self.encoder.fingerprint)
+
+
+def _is_miss(decision: Decision) -> bool:
+    """No FAQ answered and none was offered to choose from (a clarify is the bot asking back, not failing)."""
+    return not decision.matched and not decision.clarify
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:

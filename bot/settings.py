@@ -6,6 +6,7 @@ The README's settings table is generated from / checked against this class (test
 from __future__ import annotations
 
 import os
+from datetime import tzinfo
 from pathlib import Path
 from typing import Literal
 
@@ -68,7 +69,17 @@ class Settings(BaseSettings):
         description="What the bot says when no FAQ clears the threshold.",
     )
     clarify_prefix: str = Field("您是想问以下哪个问题？", description="Text shown before the choices when two FAQs are too close to call.")
-    handoff_url: str | None = Field(None, description="Optional “转人工” link shown by the chat widget with the fallback answer.")
+    handoff_url: str | None = Field(
+        None, description="Optional “转人工” link: /chat returns it (`handoff_url`) with the fallback answer and whenever it offers a person "
+        "(`handoff: true`); the widget shows it as a button, the webhooks append it."
+    )
+    timezone: str = Field(
+        "Asia/Shanghai", description="Time zone of the FAQs' `valid_from`/`valid_to` dates and times without an offset (an IANA name)."
+    )
+    handoff_answer: str = Field(
+        "好的，正在为您转接人工客服，请稍候。",
+        description="What the bot says when a customer asks for a person (“转人工”) and no FAQ answers the message.",
+    )
     widget_title: str = Field("在线客服", max_length=40, description="Chat widget header (a page can override it with `data-title` on the script tag).")
     widget_greeting: str = Field(
         "您好，我是智能客服，请问有什么可以帮您？", max_length=500,
@@ -152,6 +163,25 @@ class Settings(BaseSettings):
     outbound_timeout_seconds: float = Field(10.0, gt=0, le=120, description="Timeout of one outbound call to a platform API (Feishu, Slack).")
     outbound_attempts: int = Field(4, ge=1, le=10, description="Tries per outbound reply before it is kept as a dead letter.")
     outbound_backoff_seconds: float = Field(1.0, ge=0, le=60, description="First retry delay of outbound replies; doubles per try.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """Fail at start-up, not on the first question, on a zone name that does not exist."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Shanghai or UTC)") from exc
+        return value
+
+    @property
+    def zone(self) -> tzinfo:
+        """`timezone` as a tzinfo."""
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone)
 
     @field_validator("admin_token")
     @classmethod

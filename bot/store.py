@@ -76,6 +76,9 @@ chat_log = Table(
     Column("faq_id", String(64)),
     Column("similarity", Float),
     Column("miss_id", Integer),
+    Column("handoff", String(16)),  # asked | offered (bot.handoff), else null
+    # A session's last turn is read on every miss (bot.handoff: two misses in a row offer a person).
+    Index("ix_chat_log_session_created", "session_id", "created_at"),
 )
 
 feedback = Table(
@@ -231,10 +234,26 @@ class Store:
             return int(result.inserted_primary_key[0])
 
     def log_chat(self, *, channel: str, session_id: str | None, matched: bool, faq_id: str | None,
-                 similarity: float | None, miss_id: int | None) -> None:
+                 similarity: float | None, miss_id: int | None, handoff: str | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(chat_log).values(created_at=utcnow(), channel=channel, session_id=session_id,
-                                                 matched=matched, faq_id=faq_id, similarity=similarity, miss_id=miss_id))
+                                                 matched=matched, faq_id=faq_id, similarity=similarity, miss_id=miss_id,
+                                                 handoff=handoff))
+
+    def last_turn(self, session_id: str) -> tuple[datetime, bool] | None:
+        """(when, was it a miss) of the session's newest chat-log row; a miss is a logged
+        below-threshold question (a clarify or a request for a person is none)."""
+        query = (select(chat_log.c.created_at, misses.c.reason, chat_log.c.handoff)
+                 .select_from(chat_log.outerjoin(misses, misses.c.id == chat_log.c.miss_id))
+                 .where(chat_log.c.session_id == session_id)
+                 .order_by(chat_log.c.created_at.desc(), chat_log.c.id.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        created, reason, handoff = row
+        when = created if created.tzinfo else created.replace(tzinfo=UTC)
+        return when, reason == "below_threshold" and handoff != "asked"
 
     def log_feedback(self, *, session_id: str | None, message: str, faq_id: str | None, helpful: bool,
                      miss_id: int | None) -> int:
@@ -293,22 +312,47 @@ class Store:
         with self.engine.connect() as conn:
             return {str(status): int(n) for status, n in conn.execute(query)}
 
-    def chat_counts_by_hour(self, since: datetime, until: datetime) -> list[tuple[datetime, int, int]]:
-        """(UTC hour, questions, answered) for every hour with traffic; callers fold hours into local days."""
+    def chat_counts_by_hour(self, since: datetime, until: datetime) -> list[tuple[datetime, int, int, int]]:
+        """(UTC hour, questions, answered, handoffs) for every hour with traffic; callers fold hours into local days.
+
+        A request for a person that no FAQ answered is a handoff, not a question (nor a miss).
+        """
         if self.engine.dialect.name == "sqlite":
             hour = func.strftime("%Y-%m-%d %H:00:00", chat_log.c.created_at)
         else:
             hour = func.date_trunc("hour", chat_log.c.created_at)
+        only_asked = (chat_log.c.handoff == "asked") & chat_log.c.matched.is_(False)
+        questions = func.sum(case((only_asked, 0), else_=1))
         answered = func.sum(case((chat_log.c.matched.is_(True), 1), else_=0))
-        query = (select(hour.label("hour"), func.count().label("questions"), answered.label("answered"))
+        handoffs = func.sum(case((chat_log.c.handoff.is_not(None), 1), else_=0))
+        query = (select(hour.label("hour"), questions.label("questions"), answered.label("answered"),
+                        handoffs.label("handoffs"))
                  .where(chat_log.c.created_at >= since, chat_log.c.created_at < until)
                  .group_by(hour).order_by(hour))
         out = []
         with self.engine.connect() as conn:
-            for bucket, questions, n_answered in conn.execute(query):
+            for bucket, n_questions, n_answered, n_handoffs in conn.execute(query):
                 when = datetime.fromisoformat(bucket) if isinstance(bucket, str) else bucket
-                out.append((when if when.tzinfo else when.replace(tzinfo=UTC), int(questions), int(n_answered or 0)))
+                out.append((when if when.tzinfo else when.replace(tzinfo=UTC), int(n_questions or 0),
+                            int(n_answered or 0), int(n_handoffs or 0)))
         return out
+
+    def handoffs_after(self, since: datetime, until: datetime) -> list[tuple[str, str | None, int]]:
+        """(handoff kind, the FAQ answered last before it in its session or None, count) in the window."""
+        earlier = chat_log.alias("earlier")
+        answered_before = (select(earlier.c.faq_id)
+                           .where(earlier.c.session_id == chat_log.c.session_id, earlier.c.matched.is_(True),
+                                  (earlier.c.created_at < chat_log.c.created_at)
+                                  | ((earlier.c.created_at == chat_log.c.created_at) & (earlier.c.id < chat_log.c.id)))
+                           .order_by(earlier.c.created_at.desc(), earlier.c.id.desc()).limit(1)
+                           .correlate(chat_log).scalar_subquery())
+        before = case((chat_log.c.session_id.is_(None), None), else_=answered_before).label("before")
+        inner = (select(chat_log.c.handoff.label("kind"), before)
+                 .where(chat_log.c.handoff.is_not(None), chat_log.c.created_at >= since, chat_log.c.created_at < until)
+                 .subquery())
+        query = select(inner.c.kind, inner.c.before, func.count()).group_by(inner.c.kind, inner.c.before)
+        with self.engine.connect() as conn:
+            return [(str(kind), before_id, int(n)) for kind, before_id, n in conn.execute(query)]
 
     def top_matched_faqs(self, since: datetime, until: datetime, limit: int = 10) -> list[tuple[str, int]]:
         query = (select(chat_log.c.faq_id, func.count().label("n"))

@@ -7,13 +7,14 @@ Aliases are never expanded beyond what the schema allows, so "billion laughs" fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import yaml
 
 from faq.errors import InvalidInputError
-from faq.schema import FAQ, ID_PATTERN, KnowledgeBase
+from faq.schema import FAQ, ID_PATTERN, KNOWN_CHANNELS, KnowledgeBase, parse_when
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 STR_TAG = "tag:yaml.org,2002:str"
@@ -21,10 +22,12 @@ NULL_TAG = "tag:yaml.org,2002:null"
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 FLOAT_TAGS = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
+TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 PLAIN_TAGS = {STR_TAG, NULL_TAG, MAP_TAG, SEQ_TAG, *FLOAT_TAGS, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
 TOP_KEYS = {"version", "defaults", "faqs"}
-DEFAULT_KEYS = {"threshold"}
-FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold"}
+DEFAULT_KEYS = {"threshold", "handoff_phrases"}
+FAQ_KEYS = {"id", "question", "paraphrases", "answer", "tags", "threshold", "related", "channel_answers", "valid_from",
+            "valid_to"}
 REQUIRED_FAQ_KEYS = ("id", "question", "answer")
 
 
@@ -82,14 +85,17 @@ def load_kb(path: str | Path) -> KnowledgeBase:
     problems: list[KBProblem] = []
     faqs: list[FAQ] = []
     default_threshold: float | None = None
+    handoff_phrases: list[str] = []
+    references: list[_Reference] = []
     for file in files:
         parsed = _load_file(file, problems)
         if parsed is None:
             continue
-        file_faqs, file_default = parsed
-        faqs.extend(file_faqs)
-        if file_default is not None:
-            default_threshold = file_default
+        faqs.extend(parsed.faqs)
+        references.extend(parsed.references)
+        if parsed.default_threshold is not None:
+            default_threshold = parsed.default_threshold
+        handoff_phrases.extend(parsed.handoff_phrases)
     seen: dict[str, FAQ] = {}
     for f in faqs:
         if f.id in seen:
@@ -99,14 +105,38 @@ def load_kb(path: str | Path) -> KnowledgeBase:
             )
         else:
             seen[f.id] = f
+    for ref in references:  # `related` may name an FAQ of any file: checked once all are read
+        if ref.target not in seen:
+            problems.append(KBProblem(ref.file, ref.line, ref.field, f"unknown FAQ id {ref.target!r}"))
     if not faqs and not problems:
         problems.append(KBProblem(str(root), 0, "faqs", "the knowledge base has no FAQs"))
     if problems:
         raise KBError(problems)
-    return KnowledgeBase(faqs=tuple(faqs), default_threshold=default_threshold, files=tuple(files))
+    return KnowledgeBase(faqs=tuple(faqs), default_threshold=default_threshold, files=tuple(files),
+                         handoff_phrases=tuple(dict.fromkeys(handoff_phrases)))
 
 
-def _load_file(file: Path, problems: list[KBProblem]) -> tuple[list[FAQ], float | None] | None:
+@dataclass(frozen=True)
+class _Reference:
+    """One FAQ id named in `related`, where it was written (checked against every file's ids)."""
+
+    file: str
+    line: int
+    field: str
+    target: str
+
+
+@dataclass
+class _FileContent:
+    """What one KB file contributes: its FAQs, its `defaults`, the FAQ ids its `related` lists name."""
+
+    faqs: list[FAQ]
+    default_threshold: float | None = None
+    handoff_phrases: tuple[str, ...] = ()
+    references: list[_Reference] = field(default_factory=list)
+
+
+def _load_file(file: Path, problems: list[KBProblem]) -> _FileContent | None:
     name = str(file)
     try:
         size = file.stat().st_size
@@ -145,6 +175,7 @@ class _FileReader:
     def __init__(self, name: str, problems: list[KBProblem]) -> None:
         self.name = name
         self.problems = problems
+        self.references: list[_Reference] = []
 
     def problem(self, node: yaml.Node | None, field: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -206,7 +237,7 @@ class _FileReader:
         items = [self.string(item, f"{field}[{i}]") for i, item in enumerate(node.value)]
         return tuple(item for item in items if item is not None)
 
-    def read(self, root: yaml.Node) -> tuple[list[FAQ], float | None] | None:
+    def read(self, root: yaml.Node) -> _FileContent | None:
         top = self.mapping(root, "-", TOP_KEYS)
         if top is None:
             return None
@@ -216,13 +247,9 @@ class _FileReader:
             version_node = top["version"][1]
             if not (isinstance(version_node, yaml.ScalarNode) and version_node.value == "1"):
                 self.problem(version_node, "version", "unsupported version (this faqbot reads version 1)")
-        default_threshold = None
+        content = _FileContent([])
         if "defaults" in top:
-            defaults_node = top["defaults"][1]
-            if not (isinstance(defaults_node, yaml.ScalarNode) and defaults_node.tag == NULL_TAG):
-                defaults = self.mapping(defaults_node, "defaults", DEFAULT_KEYS)
-                if defaults and "threshold" in defaults:
-                    default_threshold = self.number(defaults["threshold"][1], "defaults.threshold")
+            self.defaults(top["defaults"][1], content)
         if "faqs" not in top:
             self.problem(root, "faqs", "missing (a list of FAQ entries)")
             return None
@@ -231,7 +258,21 @@ class _FileReader:
             self.problem(faqs_node, "faqs", f"expected a list, got {_kind(faqs_node)}")
             return None
         faqs = [self.faq(node, i) for i, node in enumerate(faqs_node.value)]
-        return [f for f in faqs if f is not None], default_threshold
+        content.faqs = [f for f in faqs if f is not None]
+        content.references = self.references
+        return content
+
+    def defaults(self, node: yaml.Node, content: _FileContent) -> None:
+        """The file's `defaults:` mapping (null or absent: none)."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return
+        defaults = self.mapping(node, "defaults", DEFAULT_KEYS)
+        if not defaults:
+            return
+        if "threshold" in defaults:
+            content.default_threshold = self.number(defaults["threshold"][1], "defaults.threshold")
+        if "handoff_phrases" in defaults:
+            content.handoff_phrases = self.string_list(defaults["handoff_phrases"][1], "defaults.handoff_phrases")
 
     def faq(self, node: yaml.Node, index: int) -> FAQ | None:
         field = f"faqs[{_peek_id(node) or index}]"  # name the entry by its id when it has one
@@ -250,6 +291,10 @@ class _FileReader:
         paraphrases = self.string_list(entry["paraphrases"][1], f"{field}.paraphrases") if "paraphrases" in entry else ()
         tags = self.string_list(entry["tags"][1], f"{field}.tags") if "tags" in entry else ()
         threshold = self.number(entry["threshold"][1], f"{field}.threshold") if "threshold" in entry else None
+        related = self.related(entry["related"][1], f"{field}.related", faq_id) if "related" in entry else ()
+        by_channel = self.channel_answers(entry["channel_answers"][1], f"{field}.channel_answers") \
+            if "channel_answers" in entry else ()
+        valid_from, valid_to = self.window(entry, field)
         if len(self.problems) > before or faq_id is None or question is None or answer is None:
             return None
         return FAQ(
@@ -261,7 +306,67 @@ class _FileReader:
             threshold=threshold,
             source=Path(self.name),
             line=node.start_mark.line + 1,
+            related=related,
+            channel_answers=by_channel,
+            valid_from=valid_from,
+            valid_to=valid_to,
         )
+
+    def when(self, node: yaml.Node, field: str) -> date | datetime | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return None
+        if isinstance(node, yaml.ScalarNode) and node.tag in (STR_TAG, TIMESTAMP_TAG):
+            try:
+                return parse_when(node.value)
+            except ValueError:
+                pass
+        self.problem(node, field, f"expected a date (2026-01-31) or an ISO datetime (2026-01-31T18:00:00+08:00), "
+                                  f"got {_kind(node)}")
+        return None
+
+    def window(self, entry: dict[str, tuple[yaml.Node, yaml.Node]], field: str,
+               ) -> tuple[date | datetime | None, date | datetime | None]:
+        """`valid_from` and `valid_to`; a window that ends before it starts is refused."""
+        start = self.when(entry["valid_from"][1], f"{field}.valid_from") if "valid_from" in entry else None
+        end = self.when(entry["valid_to"][1], f"{field}.valid_to") if "valid_to" in entry else None
+        if start is not None and end is not None:
+            # Dates and naive times are read in FAQBOT_TIMEZONE when answering; any one zone orders them alike
+            # unless only one side names an offset, where UTC is as good a reading as any.
+            first, last = FAQ("-", "-", "-", valid_from=start, valid_to=end).window(UTC)
+            if first is not None and last is not None and last <= first:
+                self.problem(entry["valid_to"][1], f"{field}.valid_to",
+                             f"{end.isoformat()} is before valid_from {start.isoformat()}")
+        return start, end
+
+    def channel_answers(self, node: yaml.Node, field: str) -> tuple[tuple[str, str], ...]:
+        """`{channel: answer}` for known channels only (a typo would silently never be used)."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
+            return ()
+        entries = self.mapping(node, field, set(KNOWN_CHANNELS))
+        if entries is None:
+            return ()
+        answers = ((channel, self.string(value, f"{field}.{channel}")) for channel, (_, value) in entries.items())
+        return tuple((channel, answer) for channel, answer in answers if answer is not None)
+
+    def related(self, node: yaml.Node, field: str, faq_id: str | None) -> tuple[str, ...]:
+        """FAQ ids to suggest after this answer; each is checked against the whole KB by `load_kb`."""
+        ids = self.string_list(node, field)
+        if not isinstance(node, yaml.SequenceNode):
+            return ids
+        out: list[str] = []
+        for i, item in enumerate(node.value):
+            target = item.value.strip() if isinstance(item, yaml.ScalarNode) else ""
+            if not target or target not in ids:
+                continue  # string_list has reported it
+            line = item.start_mark.line + 1
+            if target == faq_id:
+                self.problem(item, f"{field}[{i}]", "an FAQ cannot be related to itself")
+            elif target in out:
+                self.problem(item, f"{field}[{i}]", f"{target!r} is listed twice")
+            else:
+                out.append(target)
+                self.references.append(_Reference(self.name, line, f"{field}[{i}]", target))
+        return tuple(out)
 
 
 def _peek_id(node: yaml.Node) -> str | None:

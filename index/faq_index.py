@@ -98,6 +98,7 @@ class IndexMeta:
     calibration: Calibration
     kb_default_threshold: float | None = None
     answer_evidence: float = 0.0
+    kb_handoff_phrases: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -105,7 +106,7 @@ class IndexMeta:
             "version": self.version,
             "encoder": {"name": self.encoder_name, "fingerprint": self.fingerprint, "dim": self.dim},
             "kb": {"hash": self.kb_hash, "path": self.kb_path, "faqs": self.n_faqs, "vectors": self.n_vectors,
-                   "default_threshold": self.kb_default_threshold},
+                   "default_threshold": self.kb_default_threshold, "handoff_phrases": list(self.kb_handoff_phrases)},
             "built_at": self.built_at,
             "build_seconds": self.build_seconds,
             "calibration": self.calibration.to_dict(),
@@ -128,6 +129,7 @@ class IndexMeta:
             calibration=Calibration.from_dict(data["calibration"]),
             kb_default_threshold=data["kb"].get("default_threshold"),
             answer_evidence=float(data.get("answers", {}).get("evidence", 0.0)),
+            kb_handoff_phrases=tuple(data["kb"].get("handoff_phrases", ())),
         )
 
 
@@ -296,6 +298,7 @@ def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calib
         calibration=calibration or default_calibration(encoder.fingerprint),
         kb_default_threshold=kb.default_threshold,
         answer_evidence=answer_evidence(matrix[question_rows], answers),
+        kb_handoff_phrases=kb.handoff_phrases,
     )
     return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, flat, answers)
 
@@ -327,14 +330,11 @@ def with_calibration(index: FaqIndex, calibration: Calibration) -> FaqIndex:
 
 
 def _faq_to_dict(f: FAQ) -> dict[str, object]:
-    return {"id": f.id, "question": f.question, "paraphrases": list(f.paraphrases), "answer": f.answer,
-            "tags": list(f.tags), "threshold": f.threshold, "source": str(f.source or ""), "line": f.line}
+    return f.to_dict()
 
 
 def _faq_from_dict(d: dict) -> FAQ:
-    return FAQ(id=d["id"], question=d["question"], answer=d["answer"], paraphrases=tuple(d["paraphrases"]),
-               tags=tuple(d["tags"]), threshold=d["threshold"], source=Path(d["source"]) if d["source"] else None,
-               line=int(d["line"]))
+    return FAQ.from_dict(d)
 
 
 def _fsync_dir(path: Path) -> None:

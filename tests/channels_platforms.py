@@ -270,7 +270,7 @@ def serve_fake_platform(fake: FakePlatform) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def channel_server(tmp: Path, encoder: Any, **overrides: Any) -> Iterator[ChannelServer]:
+def channel_server(tmp: Path, encoder: Any, *, kb_text: str = TINY_KB, **overrides: Any) -> Iterator[ChannelServer]:
     """faqbot (bot + admin) with every channel configured, outbound pointed at a fake platform server."""
     from admin.web.app import build_app
     from bot.settings import Settings
@@ -278,7 +278,7 @@ def channel_server(tmp: Path, encoder: Any, **overrides: Any) -> Iterator[Channe
 
     kb = tmp / "kb"
     kb.mkdir(parents=True, exist_ok=True)
-    (kb / "faq.yaml").write_text(TINY_KB, encoding="utf-8")
+    (kb / "faq.yaml").write_text(kb_text, encoding="utf-8")
     fake = FakePlatform()
     with serve_fake_platform(fake) as fake_base:
         values: dict[str, Any] = dict(

@@ -290,7 +290,7 @@ def test_stats_count_questions_answers_top_faqs_misses_and_thumbs_down(service):
     data = compute_stats(service, days=3, tz="Asia/Shanghai")
     assert len(data["days"]) == 3 and data["days"][-1]["questions"] == 6
     assert data["totals"] == {"questions": 6, "answered": 3, "misses": 3, "answer_rate": 0.5, "thumbs_up": 1,
-                              "thumbs_down": 1}
+                              "thumbs_down": 1, "handoffs": 0}
     assert data["top_faqs"][0] == {"faq_id": "invoice", "question": "是否支持开具发票？", "count": 2}
     assert data["top_misses"][0]["count"] == 2 and data["top_misses"][0]["best"]["faq_id"] == "shipping_time"
     assert data["thumbs_down"] == [{"faq_id": "invoice", "question": "是否支持开具发票？", "thumbs_down": 1,

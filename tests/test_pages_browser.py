@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import ARTIFACTS, TINY_KB, serve_app
+from tests.desk_kb import DESK_KB
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
@@ -53,7 +54,8 @@ def browser():
 
 
 @contextlib.contextmanager
-def start_site(root: Path, encoder, *, confidence=None, **overrides: object) -> Iterator[dict[str, object]]:
+def start_site(root: Path, encoder, *, confidence=None, kb_text: str = TINY_KB,
+               **overrides: object) -> Iterator[dict[str, object]]:
     """faqbot on a loopback port: base URL, settings (admin on, 转人工 link set), the SQLite path.
 
     With `confidence`, an index of the KB whose calibration carries that model is published before
@@ -67,7 +69,7 @@ def start_site(root: Path, encoder, *, confidence=None, **overrides: object) -> 
 
     kb = root / "kb"
     kb.mkdir()
-    (kb / "faq.yaml").write_text(TINY_KB, encoding="utf-8")
+    (kb / "faq.yaml").write_text(kb_text, encoding="utf-8")
     settings = Settings(kb=kb, data_dir=root / "var", admin_token=ADMIN_TOKEN, handoff_url=HANDOFF_URL,
                         **overrides)
     if confidence is not None:
@@ -575,3 +577,66 @@ def test_admin_shows_the_line_the_bot_answers_at(browser, request, site_name: st
         expect(page.locator("#answer-line")).to_have_text(line)
         label = page.locator(".fact", has=page.locator("#answer-line")).locator(".fact-label").inner_text()
         assert label == ("作答线" if site_name == "confidence_site" else "作答阈值")
+
+
+def test_widget_offers_a_person_when_asked_and_after_two_misses(browser, site) -> None:
+    base = str(site["base"])
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        page.goto(base + "/")
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        asked = ask(page, "我要投诉找人工")
+        assert asked.locator(".fbw-p").first.inner_text() == site["settings"].handoff_answer
+        link = asked.locator("a.fbw-handoff")
+        assert link.get_attribute("href") == HANDOFF_URL and link.get_attribute("data-reason") == "asked"
+        assert link.inner_text().strip() == "转人工客服"
+
+        first = ask(page, "你们老板是哪里人")
+        assert first.locator("a.fbw-handoff").get_attribute("data-reason") == "fallback"
+        second = ask(page, "火星上能收快递吗")
+        assert second.locator("a.fbw-handoff").get_attribute("data-reason") == "offered"
+        page.screenshot(path=str(SHOTS / "widget-handoff.png"))
+
+
+    # No link configured: the button tells the host page, which may open its own live chat.
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        config = httpx.get(f"{base}/widget-config.json", timeout=10).json()
+        page.route("**/widget-config.json", lambda route: route.fulfill(json={**config, "handoff_url": None}))
+        page.route("**/chat", lambda route: route.fulfill(json={
+            "matched": False, "answer": "好的，正在为您转接人工客服，请稍候。", "faq_id": None, "question": None,
+            "similarity": None, "percent": None, "threshold": None, "alternatives": [], "miss_id": None,
+            "handoff": True, "handoff_reason": "asked"}))
+        page.goto(base + "/")
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        page.evaluate("document.addEventListener('faqbot:handoff', e => { window.__handoff = e.detail; })")
+        ask(page, "转人工").locator("button.fbw-handoff").click()
+        detail = page.evaluate("window.__handoff")
+        assert detail["reason"] == "asked" and detail["message"] == "转人工" and detail["session_id"]
+
+
+@pytest.fixture(scope="module")
+def desk_site(tmp_path_factory, bundled_encoder) -> Iterator[dict[str, object]]:
+    """faqbot on the desk KB (FAQs with `related` lists, and near neighbours)."""
+    with start_site(tmp_path_factory.mktemp("pages-desk"), bundled_encoder, kb_text=DESK_KB) as running:
+        yield running
+
+
+def test_related_questions_are_chips_that_ask_them(browser, desk_site) -> None:
+    base = str(desk_site["base"])
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        page.goto(base + "/")
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        reply = ask(page, "可以开票吗")
+        related = reply.locator(".fbw-related")
+        assert related.get_attribute("data-source") == "kb"
+        assert related.locator(".fbw-related-title").inner_text() == "相关问题"
+        assert related.locator(".fbw-chip").all_inner_texts() == ["会员积分有什么用？", "下单后多久发货？"]
+        page.screenshot(path=str(SHOTS / "widget-related.png"))
+        related.locator(".fbw-chip").nth(1).click()
+        asked = page.locator(f"{WIDGET} .fbw-row-bot:not(.fbw-typing-row)").nth(2)
+        asked.wait_for()
+        assert page.locator(f"{WIDGET} .fbw-user").all_inner_texts() == ["可以开票吗", "下单后多久发货？"]
+        assert asked.locator(".fbw-match-question").inner_text() == "匹配问题：下单后多久发货？"
+        # The nearest FAQs fill in for an FAQ that names none.
+        nearest = ask(page, "怎么退货")
+        assert nearest.locator(".fbw-related").get_attribute("data-source") == "nearest"
+        assert nearest.locator(".fbw-chip").all_inner_texts() == ["怎么换货？", "退款多久能到账？"]

@@ -171,7 +171,13 @@ def test_the_store_on_postgresql_under_concurrent_writers(postgres) -> None:
 
     now = datetime.now(UTC)
     hours = store.chat_counts_by_hour(now - timedelta(hours=2), now + timedelta(hours=1))
-    assert sum(q for _, q, _ in hours) == 300
+    assert sum(q for _, q, _, _ in hours) == 300
+    # The handoff stats' correlated query: the FAQ answered last before each handoff of a session.
+    store.log_chat(channel="web", session_id="pg-h", matched=True, faq_id="invoice", similarity=0.9, miss_id=None)
+    store.log_chat(channel="web", session_id="pg-h", matched=False, faq_id=None, similarity=None, miss_id=None,
+                   handoff="asked")
+    assert store.handoffs_after(now - timedelta(hours=2), now + timedelta(hours=1)) == [("asked", "invoice", 1)]
+    assert store.last_turn("pg-h")[1] is False
     store.close()
 
 

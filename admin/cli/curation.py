@@ -143,7 +143,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
     kb = load_kb(settings.kb)
     service = _service(args)
     report = lint_kb(kb, service.encoder, answer_threshold=service.matcher.default_threshold,
-                     min_similarity=args.min_similarity, calibration=service.calibration, live=service.index)
+                     min_similarity=args.min_similarity, calibration=service.calibration, live=service.index,
+                     tz=settings.zone)
     if args.json:
         print_json(report)
     else:
@@ -164,6 +165,10 @@ def cmd_lint(args: argparse.Namespace) -> int:
         shown = max(0, max(counts["confusable"], counts["misplaced"]) - args.limit)
         if shown:
             print(f"… {shown} more; see --json or --limit")
+        for v in report["validity"]["expired"]:
+            print(f"expired: {v['faq_id']} ({v['file']}:{v['line']}) ended {v['ends_at']}: no longer answered")
+        for v in report["validity"]["expiring"]:
+            print(f"expiring: {v['faq_id']} ({v['file']}:{v['line']}) ends {v['ends_at']} ({v['days_left']} days left)")
     # Duplicates across FAQs are always wrong; confusable and misplaced texts are judgement calls.
     failing = sum(not d["same_faq"] for d in report["duplicates"])
     if args.strict:
@@ -194,6 +199,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if data["thumbs_down"]:
         print("thumbs-down: " + ", ".join(f"{f['faq_id'] or '(no answer)'} ×{f['thumbs_down']}"
                                           for f in data["thumbs_down"]))
+    handoffs = data["handoffs"]
+    if totals["handoffs"]:
+        kinds = handoffs["by_kind"]
+        after = ", ".join(f"{f['faq_id'] or '(none)'} ×{f['count']}" for f in handoffs["after_faq"][:args.top])
+        print(f"handoffs: {totals['handoffs']} ({kinds['asked']} asked, {kinds['offered']} after two misses); "
+              f"after: {after}")
     ms = data["miss_status"]
     print(f"misses: {ms['open']} open, {ms['resolved']} resolved, {ms['ignored']} ignored")
     return 0

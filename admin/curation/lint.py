@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import faiss
@@ -24,6 +25,7 @@ from index.text import match_key
 
 NEIGHBOURS = 32
 WITHIN_QUANTILE = 0.75
+EXPIRING_DAYS = 7
 
 
 def kb_vectors(kb: KnowledgeBase, encoder: Encoder, live: FaqIndex | None = None) -> np.ndarray:
@@ -62,9 +64,29 @@ class _Texts:
         return rows
 
 
+def validity_findings(kb: KnowledgeBase, *, now: datetime, tz: tzinfo, soon_days: int = EXPIRING_DAYS,
+                      ) -> dict[str, list[dict[str, Any]]]:
+    """FAQs whose validity window has ended (no longer answered) or ends within `soon_days` (`valid_to`)."""
+    expired: list[dict[str, Any]] = []
+    expiring: list[dict[str, Any]] = []
+    for faq in kb.faqs:
+        _, end = faq.window(tz)
+        if end is None or faq.valid_to is None:
+            continue
+        row = {**_where(faq), "question": faq.question, "valid_to": faq.valid_to.isoformat(),
+               "ends_at": end.astimezone(tz).isoformat(timespec="seconds")}
+        if end <= now:
+            expired.append(row)
+        elif end - now <= timedelta(days=soon_days):
+            expiring.append({**row, "days_left": round((end - now).total_seconds() / 86400, 1)})
+    return {"expired": sorted(expired, key=lambda r: r["ends_at"]), "expiring": sorted(expiring, key=lambda r: r["ends_at"])}
+
+
 def lint_kb(kb: KnowledgeBase, encoder: Encoder, *, answer_threshold: float, min_similarity: float | None = None,
-            calibration: Calibration | None = None, live: FaqIndex | None = None) -> dict[str, Any]:
-    """Every finding of the three checks, most severe first; `ok` when there are none.
+            calibration: Calibration | None = None, live: FaqIndex | None = None, tz: tzinfo = UTC,
+            now: datetime | None = None) -> dict[str, Any]:
+    """Every finding of the three checks, most severe first; `ok` when there are none. Beside them, the
+    FAQs expired or expiring within a week (`validity`): a heads-up, not a fault (an offer ends on purpose).
 
     Two FAQs are confusable when a text of one is at least `min_similarity` (cosine) from a text of
     the other. By default that is the answer threshold or, if higher, how close three quarters of
@@ -81,6 +103,7 @@ def lint_kb(kb: KnowledgeBase, encoder: Encoder, *, answer_threshold: float, min
     if min_similarity is None:
         min_similarity = max(answer_threshold, paraphrase_level)
     confusable_list, misplaced = _neighbour_findings(texts, vectors, min_similarity, calibration)
+    validity = validity_findings(kb, now=now or datetime.now(UTC), tz=tz)
     return {
         "ok": not (duplicates or confusable_list or misplaced),
         "kb_hash": kb.content_hash,
@@ -90,10 +113,12 @@ def lint_kb(kb: KnowledgeBase, encoder: Encoder, *, answer_threshold: float, min
         "answer_threshold": round(float(answer_threshold), 4),
         "paraphrase_similarity_p75": round(paraphrase_level, 4),
         "min_percent": float(calibration.percent(float(min_similarity))),
-        "counts": {"duplicates": len(duplicates), "confusable": len(confusable_list), "misplaced": len(misplaced)},
+        "counts": {"duplicates": len(duplicates), "confusable": len(confusable_list), "misplaced": len(misplaced),
+                   "expired": len(validity["expired"]), "expiring": len(validity["expiring"])},
         "duplicates": duplicates,
         "confusable": confusable_list,
         "misplaced": misplaced,
+        "validity": validity,
     }
 
 

@@ -6,6 +6,7 @@ here, so "today" means the admin's today (a support team in Beijing asks with `t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,6 +27,21 @@ def _rate(answered: int, questions: int) -> float | None:
     return round(answered / questions, 4) if questions else None
 
 
+def _handoffs(rows: list[tuple[str, str | None, int]], question_of: Callable[[str | None], str | None],
+              ) -> dict[str, Any]:
+    """Handoffs by kind (asked for a person, offered after two misses) and by the FAQ answered just before
+    in the same session (`faq_id` null: none was, or the turn had no session)."""
+    by_kind = {"asked": 0, "offered": 0}
+    by_faq: dict[str | None, dict[str, int]] = {}
+    for kind, faq_id, n in rows:
+        by_kind[kind] = by_kind.get(kind, 0) + n
+        counts = by_faq.setdefault(faq_id, {"asked": 0, "offered": 0})
+        counts[kind] = counts.get(kind, 0) + n
+    after = [{"faq_id": fid, "question": question_of(fid), "count": sum(c.values()), **c} for fid, c in by_faq.items()]
+    after.sort(key=lambda r: (-r["count"], r["faq_id"] is None, r["faq_id"] or ""))
+    return {"by_kind": by_kind, "after_faq": after}
+
+
 def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: int = 10,
                   cache: VectorCache | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The numbers of the last `days` days (today included) in time zone `tz`."""
@@ -38,14 +54,15 @@ def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: 
     until = now.astimezone(UTC) + timedelta(seconds=1)
     store = service.store
 
-    per_day = {first_day + timedelta(days=i): [0, 0] for i in range(days)}
-    for hour, questions, answered in store.chat_counts_by_hour(since, until):
+    per_day = {first_day + timedelta(days=i): [0, 0, 0] for i in range(days)}
+    for hour, questions, answered, handoffs in store.chat_counts_by_hour(since, until):
         day = hour.astimezone(local).date()
         if day in per_day:
             per_day[day][0] += questions
             per_day[day][1] += answered
-    day_rows = [{"date": d.isoformat(), "questions": q, "answered": a, "misses": q - a, "answer_rate": _rate(a, q)}
-                for d, (q, a) in per_day.items()]
+            per_day[day][2] += handoffs
+    day_rows = [{"date": d.isoformat(), "questions": q, "answered": a, "misses": q - a, "answer_rate": _rate(a, q),
+                 "handoffs": n} for d, (q, a, n) in per_day.items()]
     total_q = sum(r["questions"] for r in day_rows)
     total_a = sum(r["answered"] for r in day_rows)
 
@@ -67,6 +84,7 @@ def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: 
         clusters = cluster_misses(service, open_rows, cache=cache)["clusters"][:top]
         top_misses = [{"id": c["id"], "representative": c["representative"], "count": c["count"],
                        "best": c["candidates"][0] if c["candidates"] else None} for c in clusters]
+    handoffs = _handoffs(store.handoffs_after(since, until), question_of)
     status_counts = store.miss_status_counts()
     return {
         "tz": tz,
@@ -75,11 +93,13 @@ def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: 
         "totals": {"questions": total_q, "answered": total_a, "misses": total_q - total_a,
                    "answer_rate": _rate(total_a, total_q),
                    "thumbs_up": sum(up for _, up, _ in feedback_rows),
-                   "thumbs_down": sum(down for _, _, down in feedback_rows)},
+                   "thumbs_down": sum(down for _, _, down in feedback_rows),
+                   "handoffs": sum(r["handoffs"] for r in day_rows)},
         "days": day_rows,
         "top_faqs": top_faqs,
         "top_misses": top_misses,
         "thumbs_down": thumbs_down,
+        "handoffs": handoffs,
         "miss_status": {status: status_counts.get(status, 0) for status in ("open", "resolved", "ignored")},
         "index_version": service.index.version if service.ready else None,
     }

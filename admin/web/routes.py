@@ -231,7 +231,7 @@ def lint(admin: Admin, min_similarity: Annotated[float | None, Query(ge=0.0, le=
     live = service.index if service.ready else None
     threshold = service.matcher.default_threshold if live else service.calibration.threshold
     report = lint_kb(kb, service.encoder, answer_threshold=threshold, min_similarity=min_similarity,
-                     calibration=service.calibration, live=live)
+                     calibration=service.calibration, live=live, tz=service.settings.zone)
     return {"status": "success", **report}
 
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from fastapi import Request, Response
 from pydantic import SecretStr
 
-from bot.api import chat_response
+from bot.api import answer_label, chat_response
 from bot.channels.events import EventLog
 from bot.channels.sender import Sender
 from bot.errors import BadRequestError, ForbiddenError, MethodNotAllowedError, UnauthorizedError
@@ -131,9 +131,10 @@ class Channel(ABC):
         session = session_id[:MAX_SESSION_ID_CHARS] if session_id else None
         result = await service.achat(text, channel=self.name, session_id=session)
         body = chat_response(result, service)
-        self.context.metrics.answers.labels("matched" if result.decision.matched else result.decision.reason,
-                                            self.name).inc()
+        self.context.metrics.answers.labels(answer_label(result), self.name).inc()
         reply = str(body["answer"])
+        if body.get("related"):
+            reply += "\n\n相关问题：" + "".join(f"\n{i}. {r['question']}" for i, r in enumerate(body["related"], 1))
         if body.get("handoff_url"):
             reply += f"\n\n人工客服：{body['handoff_url']}"
         return Answer(reply, body)

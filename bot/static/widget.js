@@ -207,12 +207,21 @@
       entry.question = reply.question;
       entry.percent = reply.percent;
       if (typeof reply.confidence === "number") entry.confidence = reply.confidence;
+      if (Array.isArray(reply.related) && reply.related.length) {
+        entry.related = reply.related.slice(0, 5).map(function (r) { return { question: String(r.question || "") }; })
+          .filter(function (r) { return r.question; });
+        entry.related_source = reply.related_source || null;
+      }
     } else if (reply.clarify && reply.clarify.length) {
       entry.kind = "clarify";
       entry.text = entry.text.split("\n")[0];
       entry.choices = reply.clarify.map(function (c) { return { question: c.question }; });
     } else {
       entry.kind = "fallback";
+      entry.handoff_url = reply.handoff_url || config.handoff_url || null;
+    }
+    if (reply.handoff === true) {
+      entry.handoff = reply.handoff_reason || "asked";
       entry.handoff_url = reply.handoff_url || config.handoff_url || null;
     }
     return entry;
@@ -286,6 +295,7 @@
         h("span", { class: "fbw-match-question" }, [text("匹配问题：" + entry.question)]),
         scoreBadge(entry),
       ]));
+      if (entry.related && entry.related.length) bubble.appendChild(relatedChips(entry));
       bubble.appendChild(feedbackRow(entry));
     } else if (entry.kind === "clarify") {
       var choices = h("div", { class: "fbw-choices" });
@@ -298,11 +308,28 @@
         choices.appendChild(button);
       });
       bubble.appendChild(choices);
-    } else if (entry.kind === "fallback" && safeUrl(entry.handoff_url)) {
-      bubble.appendChild(h("a", { class: "fbw-handoff", href: safeUrl(entry.handoff_url), target: "_blank",
-        rel: "noopener noreferrer" }, [icon("agent"), text(config.handoff_text || "转人工客服")]));
+    }
+    if (entry.handoff || (entry.kind === "fallback" && safeUrl(entry.handoff_url))) {
+      bubble.appendChild(handoffButton(entry));
     }
     return h("div", { class: "fbw-row fbw-row-bot" }, [h("span", { class: "fbw-mini-avatar" }, [icon("bot")]), bubble]);
+  }
+
+  // The way to a person: the configured link, or (none set) a button that tells the host page, which
+  // may open its own live chat on the `faqbot:handoff` event.
+  function handoffButton(entry) {
+    var label = [icon("agent"), text(config.handoff_text || "转人工客服")];
+    var url = safeUrl(entry.handoff_url);
+    if (url) {
+      return h("a", { class: "fbw-handoff", href: url, target: "_blank", rel: "noopener noreferrer",
+        "data-reason": entry.handoff || "fallback" }, label);
+    }
+    var button = h("button", { class: "fbw-handoff", type: "button", "data-reason": entry.handoff || "fallback" }, label);
+    button.addEventListener("click", function () {
+      document.dispatchEvent(new CustomEvent("faqbot:handoff", { detail: {
+        session_id: state.sessionId, reason: entry.handoff || "fallback", message: entry.ask || null } }));
+    });
+    return button;
   }
 
   function feedbackRow(entry) {
@@ -318,6 +345,19 @@
     up.addEventListener("click", function () { sendFeedback(entry, true, row); });
     down.addEventListener("click", function () { sendFeedback(entry, false, row); });
     return row;
+  }
+
+  // Questions related to the answer (the FAQ's own list, or its nearest FAQs): a click asks it.
+  function relatedChips(entry) {
+    var wrap = h("div", { class: "fbw-related", "data-source": entry.related_source || "" }, [
+      h("div", { class: "fbw-related-title" }, [text("相关问题")]),
+    ]);
+    entry.related.forEach(function (related) {
+      var chip = h("button", { class: "fbw-chip", type: "button" }, [text(related.question)]);
+      chip.addEventListener("click", function () { if (!busy) ask(related.question); });
+      wrap.appendChild(chip);
+    });
+    return wrap;
   }
 
   function suggestionChips() {
@@ -645,7 +685,7 @@
       "border-radius:10px;background:#fafbfc;cursor:pointer;text-align:left;}",
       ".fbw-choice:hover{border-color:var(--fbw-brand);background:var(--fbw-brand-soft);color:var(--fbw-brand);}",
       ".fbw-choice-text{flex:1;}",
-      ".fbw-handoff{display:inline-flex;align-items:center;gap:6px;margin-top:10px;padding:6px 14px;",
+      ".fbw-handoff{display:inline-flex;align-items:center;gap:6px;margin-top:10px;padding:6px 14px;border:0;cursor:pointer;",
       "border-radius:16px;background:var(--fbw-brand);color:#fff!important;font-size:13px;text-decoration:none!important;}",
       ".fbw-handoff .fbw-svg{width:16px;height:16px;}",
       ".fbw-handoff:hover{background:var(--fbw-brand-dark);}",
@@ -654,7 +694,8 @@
       ".fbw-link-button{border:0;background:none;padding:0;color:var(--fbw-brand);cursor:pointer;font-size:13px;",
       "font-weight:500;white-space:nowrap;}",
       ".fbw-suggestions{margin:-4px 0 14px 38px;display:flex;flex-wrap:wrap;gap:6px;}",
-      ".fbw-suggestions-title{width:100%;font-size:12px;color:var(--fbw-muted);}",
+      ".fbw-suggestions-title,.fbw-related-title{width:100%;font-size:12px;color:var(--fbw-muted);}",
+      ".fbw-related{display:flex;flex-wrap:wrap;gap:6px;margin-top:8px;}",
       ".fbw-chip{border:1px solid var(--fbw-brand-line);background:#fff;color:var(--fbw-brand);",
       "border-radius:14px;padding:3px 12px;cursor:pointer;font-size:13px;}",
       ".fbw-chip:hover{background:var(--fbw-brand-soft);}",
