@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.batcher import BatchStats, Encoded, MicroBatcher, OverloadedError, SearchSpec
+from bot.batcher import BatchStats, Encoded, MicroBatcher, OverloadedError, SearchSpec, limit_faiss_threads
 from bot.cache import EmbeddingCache, ExactMatches
 from bot.handoff import ASKED, OFFERED, HandoffPhrases, LastTurn, SessionTurns, newer
 from bot.matcher import Decision, Matcher
@@ -273,6 +273,9 @@ class FaqService:
         """Start the encoder worker and the batched miss writer (the app's lifespan calls this)."""
         settings = self.settings
         self._metrics = metrics
+        # The loop thread searches too (cache hits, exact matches): with OpenMP's default thread per core
+        # a 30k-row search measured 2-4x slower on 2 shared cores than on one thread (docs/performance.md).
+        limit_faiss_threads()
         if settings.max_batch > 1:
             workers = settings.resolved_encoder_workers if runs_in_parallel(self.encoder) else 1
             self.batcher = MicroBatcher(self._encode_clean, max_batch=settings.max_batch,
