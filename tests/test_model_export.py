@@ -343,5 +343,6 @@ def test_int8_file_is_the_per_token_rewrite(exported):
     ops = [n.op_type for n in graph.node]
     assert "DynamicQuantizeLinear" not in ops and "MatMul" in ops  # attention's Q.K^T and P.V stay float
     assert ops.count("MatMulInteger") == 12 * 4  # per layer: Q/K/V in one, attention output, FF in, FF out
-    assert not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and i.dims[0] > 4096
-                   for i in graph.initializer)  # the vocabulary table is int8 rows
+    tables = [i for i in graph.initializer if len(i.dims) == 2 and i.dims[0] == 250037]
+    assert sorted((i.data_type, i.dims[1]) for i in tables) == [
+        (onnx.TensorProto.FLOAT, 1), (onnx.TensorProto.INT8, 384)]  # the vocabulary: int8 rows, one scale each
