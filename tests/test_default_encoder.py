@@ -57,7 +57,8 @@ def test_first_start_exports_once_and_every_worker_serves_the_calibrated_int8_mo
 
     for answer in answers:
         assert answer["matched"] and answer["faq_id"] == "invoice"
-        assert answer["threshold"] == round(shipped.threshold, 4)
+        assert shipped.confidence is not None and answer["threshold"] is None
+        assert answer["min_confidence"] == shipped.confidence.min_confidence <= answer["confidence"]
     assert answers[0]["similarity"] == answers[1]["similarity"]  # same model, same vector in both workers
     assert not off_topic["matched"]
 
