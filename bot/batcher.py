@@ -95,8 +95,8 @@ class MicroBatcher:
     """The encoder worker thread(s) and their bounded queue (capacity counted in texts).
 
     One worker by default: the bundled engine serialises its calls anyway and gains from batches.
-    An encoder whose calls run in parallel and gain nothing from batching (the ONNX int8 file,
-    encoded text by text) gets one worker per core: each takes its own batch from the same queue.
+    An encoder whose calls run in parallel (onnxruntime sessions: the ONNX files, int8 included)
+    gets one worker per core: each takes its own batch from the same queue.
     """
 
     def __init__(self, encode: EncodeFn, *, max_batch: int = 16, max_wait_ms: float = 2.0, queue_size: int = 256,

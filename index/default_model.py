@@ -1,9 +1,10 @@
 """The `auto` encoder (the default): the bundled weights served as ONNX int8, exported once.
 
 The same multilingual-e5-small weights answer ~5x faster through onnxruntime int8 than through the
-bundled 4-bit engine on one CPU thread, with the same answers (docs/models.md). The int8 file is made
+bundled 4-bit engine on one CPU thread, with the same answers (docs/models.md); it is the per-token
+rewrite (index.onnx_int8), batch-independent, so it is encoded in batches too. The int8 file is made
 from the bundled file on the first start, into `<data_dir>/models/bundled/onnx/model_int8.onnx`
-(no download; 35-45 s and ~3 GB of RAM once, ~600 MB on disk), in a child process so the server never
+(no download; ~40 s and ~2.5 GB of RAM once, ~600 MB on disk), in a child process so the server never
 carries torch. Every later start, and every other worker or CLI command on the same data dir, finds
 the file and loads it in a second. Workers that start together wait on one file lock: one exports.
 
@@ -30,7 +31,7 @@ from index.filelock import FileLock
 
 log = logging.getLogger("faqbot.encoder")
 
-EXPORT_TIMEOUT_S = 900.0  # the export takes 35-45 s on 2 cores
+EXPORT_TIMEOUT_S = 900.0  # the export takes ~40 s on 2 cores
 
 
 def int8_path(models_dir: Path) -> Path:

@@ -15,12 +15,13 @@ there) and padded to the longest text of each batch (texts are sorted by length 
 Inputs are expected to be already sanitised (index.text.sanitize). onnxruntime sessions are
 thread-safe, and so is this class.
 
-Batch size: 32 for float graphs. A dynamically quantised (int8) graph computes one activation scale
-per batch, so a text's vector would depend on the texts batched with it (measured: cosine 0.997 on
-average, 0.994 at worst, between a text encoded alone and in a batch of 32; docs/models.md); such
-graphs are therefore run one text at a time by default, which keeps "same text, same vector" (a
-verbatim FAQ question matches itself at cosine 1.0) at the cost of 20-35 % of batch throughput.
-Pass `batch_size` to choose otherwise.
+Batch size: 32, for float graphs and for the per-token int8 file `faqbot model export-onnx --int8`
+writes (index.onnx_int8): each token row is quantised with its own scale, so a text's vector is the
+same alone or in any batch (max |delta| 0, docs/models.md). A graph quantised by onnxruntime's
+`quantize_dynamic` (it has `DynamicQuantizeLinear` nodes) takes one activation scale per batch, so
+a text's vector would depend on the texts batched with it (cosine 0.994 at worst between alone and in
+a batch of 32); such graphs run one text at a time by default, which keeps "same text, same vector"
+(a verbatim FAQ question matches itself at cosine 1.0). Pass `batch_size` to choose otherwise.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ class OnnxEncoder:
         self.parallel_calls = True  # onnxruntime sessions run concurrent calls in parallel (no lock here)
         self._fingerprint = f"onnx:{digest}:q={query_prefix!r}:p={passage_prefix!r}:len={self.max_seq_length}"
         self.dynamic_quantized = dynamic_quant
-        # dynamically quantised graphs take one activation scale per batch: encode them one text at
-        # a time so a text's vector never depends on its batch neighbours (see module doc)
+        # quantize_dynamic graphs take one activation scale per batch: encode them one text at a time
+        # so a text's vector never depends on its batch neighbours (per-token int8 files batch; module doc)
         self.batch_size = max(1, int(batch_size)) if batch_size else (1 if dynamic_quant else BATCH_SIZE)
         self._name = f"onnx:{self.path}"
 

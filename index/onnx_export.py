@@ -1,7 +1,7 @@
 """Export a sentence-transformers/BERT model directory to ONNX (fp32, and optionally int8).
 
 `export_onnx(model_dir, int8)` writes `model_dir/onnx/model.onnx` (fp32) and, with `int8=True`,
-`model_dir/onnx/model_int8.onnx` (onnxruntime dynamic quantisation, QInt8 per-channel weights).
+`model_dir/onnx/model_int8.onnx` (per-token int8 activations x per-channel int8 weights, index.onnx_int8).
 The graph takes `input_ids` and `attention_mask` (int64, [batch, sequence]) and returns
 `last_hidden_state` (float32, [batch, sequence, hidden]); pooling and normalisation are done by the serving code
 (`index.onnx_encoder.OnnxEncoder`), so the file is a plain "feature-extraction" export. The
@@ -90,46 +90,16 @@ def export_onnx(model_dir: Path, int8: bool = False, *, opset: int = OPSET) -> l
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
-    """onnxruntime dynamic quantisation: QInt8 weights, per output channel; activations at run time.
+    """The int8 file: per-token int8 activations x per-channel int8 weights (`index.onnx_int8`).
 
-    Per-channel scales matter here: with one scale per weight tensor the cosine to the bundled engine
-    drops from ~0.997 to ~0.990 mean (measured on 300 sentences, docs/models.md). The feed-forward
-    output projections of the lower half of the layers stay fp32: their input is the GELU output,
-    whose long tail one int8 scale per text cannot hold, and the early layers' error carries through
-    the rest. Those 6 of 72 weight matmuls lift the mean cosine to the engine from 0.9974 to 0.9989
-    (all 12 give 0.9990 at 4x the cost) for ~0.4 ms per query (docs/models.md).
+    Not onnxruntime's `quantize_dynamic`: its one activation scale per batch made a text's vector
+    depend on the texts batched with it, so the int8 file had to run text by text. Per-token scales
+    keep every vector batch-independent (max |delta| 0) at a mean cosine of 0.9992 to the bundled
+    engine, and batching then makes it the fastest backend (docs/models.md, docs/performance.md).
     """
-    import logging
+    from index.onnx_int8 import quantize_per_token
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    tmp = dst.with_suffix(".onnx.tmp")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # silence "consider pre-processing" (shape inference: no gain for this graph)
-    try:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=_ffn_output_matmuls(src))
-    finally:
-        root.setLevel(level)
-    tmp.replace(dst)
-    return dst
-
-
-def _ffn_output_matmuls(path: Path) -> list[str]:
-    """Names of the lower half of the layers' feed-forward output matmuls (`encoder.layer.N.output.dense`)."""
-    import re
-
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    found = {}
-    for node in graph.node:
-        match = re.search(r"/layer\.(\d+)/output/dense/MatMul$", node.name)
-        if node.op_type == "MatMul" and match:
-            found[node.name] = int(match.group(1))
-    layers = max(found.values(), default=-1) + 1
-    return [name for name, layer in found.items() if layer < layers / 2]
+    return quantize_per_token(src, dst)
 
 
 def declared_model_kwargs(model_dir: Path) -> dict:
