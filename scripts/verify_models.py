@@ -1,15 +1,12 @@
 #!/usr/bin/env python
 """Verify the exported bundled model against the bundled engine (docs/models.md, issue #7).
 
-    .venv/bin/python scripts/verify_models.py --model-dir var/models/e5-bundled [--export] \
-        [--tokens 600] [--sentences 600] [--speed] [--lcqmc PATH] [--json out.json]
+    .venv/bin/python scripts/verify_models.py --model-dir DIR [--export] [--speed] [--lcqmc PATH] [--json out.json]
 
 Sections (each prints its figures):
-  tokens     token ids of the exported fast tokenizer vs the engine's own tokenizer (e5.c compiled
-             with gcc into a temp dir) on varied strings, each with the "query: " prefix.
+  tokens     token ids of the exported fast tokenizer vs the engine's own (e5.c built with gcc), "query: " prefixed.
   cosine     cosine of torch fp32 (sentence-transformers), onnx fp32 and onnx int8 vs the engine.
-  speed      single query p50 and batch-of-16 texts/s for each backend, 1 and 2 threads, each
-             backend/thread setting measured in its own subprocess.
+  speed      single query p50 and batch-of-16 texts/s per backend, 1 and 2 threads, each in its own subprocess.
   lcqmc      pair ROC-AUC per backend on LCQMC test pairs ("query: " on both sides).
 
 The corpora are deterministic (seeded) and shared with tests/test_model_export.py.
@@ -597,18 +594,14 @@ def check_lcqmc(model_dir: Path, path: Path, threads: int = 2, backends: Sequenc
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, required=True)
     ap.add_argument("--export", action="store_true", help="export the bundled model and both ONNX files first")
     ap.add_argument("--tokens", type=int, default=600, help="number of varied strings for the token check")
     ap.add_argument("--sentences", type=int, default=600, help="number of sentences for the cosine check")
-    ap.add_argument(
-        "--lcqmc-sentences",
-        type=Path,
-        default=None,
-        help="take half of the cosine sentences from this s1<TAB>s2<TAB>label file",
-    )
+    ap.add_argument("--lcqmc-sentences", type=Path, default=None,
+                    help="take half of the cosine sentences from this s1<TAB>s2<TAB>label file")
     ap.add_argument("--speed", action="store_true", help="measure speed (run on an otherwise idle machine)")
     ap.add_argument("--idle-wait", type=float, default=600.0, help="--speed: max seconds to wait for idle CPUs")
     ap.add_argument("--lcqmc", type=Path, default=None, help="LCQMC test.tsv for pair ROC-AUC per backend")
@@ -616,82 +609,79 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lcqmc-backends", default=",".join(LCQMC_BACKENDS), help="comma-separated backends for --lcqmc")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: tokens,cosine")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here (merged into an existing file)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _export(model_dir: Path, report: dict) -> None:
+    from index.bundled_export import export_bundled
+    from index.onnx_export import export_onnx
+
+    t0 = time.time()
+    export_bundled(model_dir)
+    report["export_bundled_s"] = time.time() - t0
+    t0 = time.time()
+    export_onnx(model_dir, int8=True)
+    report["export_onnx_s"] = time.time() - t0
+    print(f"export: {report['export_bundled_s']:.1f}s bundled, {report['export_onnx_s']:.1f}s onnx", flush=True)
+
+
+def _tokens(model_dir: Path, n: int, report: dict) -> int:
+    """The token check on raw and sanitised strings; 1 if any difference is UNEXPECTED."""
+    from index.bundled_export import EngineTokenizer, read_bundled
+    from index.text import sanitize  # the project's one sanitiser: what the encoders really receive
+
+    texts = token_strings(n) + normalisation_strings(read_bundled().norm_map)
+    sets = {"raw": texts, "sanitised": list(dict.fromkeys(sanitize(t) for t in texts))}
+    status = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = EngineTokenizer(Path(tmp))
+        for label, strings in sets.items():
+            res = check_tokens(model_dir, strings, engine)
+            report[f"tokens_{label}"] = {
+                "strings": res["strings"], "identical": res["identical"], "longest_tokens": res["longest_tokens"],
+                "differences": [{"text": d["text"], "kind": d["kind"], "engine": d["engine"], "exported": d["exported"]}
+                                for d in res["different"]],
+            }
+            print(f"tokens ({label}): {res['identical']}/{res['strings']} identical "
+                  f"(longest {res['longest_tokens']} tokens)", flush=True)
+            for d in res["different"]:
+                print(f"  differs [{d['kind']}]: {d['text'][:80]!r}")
+            if any(d["kind"] == "UNEXPECTED" for d in res["different"]):
+                status = 1
+        engine.close()
+    return status
+
+
+def _cosine(model_dir: Path, n: int, lcqmc_sentences: Path | None, report: dict) -> None:
+    sentences = faq_sentences(n)
+    if lcqmc_sentences:
+        extra: list[str] = []
+        for line in lcqmc_sentences.read_text(encoding="utf-8").splitlines():
+            extra.extend(line.split("\t")[:2])
+        extra = list(dict.fromkeys(extra))[: n // 2]
+        sentences = faq_sentences(n - len(extra)) + extra
+    cos = check_cosine(model_dir, sentences)
+    report["cosine"] = cos
+    print(f"cosine vs engine on {cos['sentences']} sentences:", flush=True)
+    for k, v in cos.items():
+        if isinstance(v, dict):
+            batched = v.get("alone_vs_batched")
+            print(f"  {k:17s} mean {v['mean']:.5f}  min {v['min']:.5f}  p01 {v['p01']:.5f}"
+                  + (f"  | alone vs batched: min {batched['min']:.6f}, max |diff| {batched['max_abs_diff']:.2g}"
+                     if batched else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
-    report: dict = {}
-    if args.json and args.json.is_file():
-        report = json.loads(args.json.read_text(encoding="utf-8"))
-    status = 0
-
+    report: dict = json.loads(args.json.read_text(encoding="utf-8")) if args.json and args.json.is_file() else {}
     if args.export:
-        from index.bundled_export import export_bundled
-        from index.onnx_export import export_onnx
-
-        t0 = time.time()
-        export_bundled(args.model_dir)
-        report["export_bundled_s"] = time.time() - t0
-        t0 = time.time()
-        export_onnx(args.model_dir, int8=True)
-        report["export_onnx_s"] = time.time() - t0
-        print(f"export: {report['export_bundled_s']:.1f}s bundled, {report['export_onnx_s']:.1f}s onnx", flush=True)
-
-    if "tokens" not in skip:
-        from index.bundled_export import EngineTokenizer, read_bundled
-
-        texts = token_strings(args.tokens) + normalisation_strings(read_bundled().norm_map)
-        sets = {"raw": texts}
-        from index.text import sanitize  # the project's one sanitiser: what the encoders really receive
-
-        sets["sanitised"] = list(dict.fromkeys(sanitize(t) for t in texts))
-        with tempfile.TemporaryDirectory() as tmp:
-            engine = EngineTokenizer(Path(tmp))
-            for label, strings in sets.items():
-                res = check_tokens(args.model_dir, strings, engine)
-                report[f"tokens_{label}"] = {
-                    "strings": res["strings"],
-                    "identical": res["identical"],
-                    "longest_tokens": res["longest_tokens"],
-                    "differences": [
-                        {"text": d["text"], "kind": d["kind"], "engine": d["engine"], "exported": d["exported"]}
-                        for d in res["different"]
-                    ],
-                }
-                print(
-                    f"tokens ({label}): {res['identical']}/{res['strings']} identical "
-                    f"(longest {res['longest_tokens']} tokens)",
-                    flush=True,
-                )
-                for d in res["different"]:
-                    print(f"  differs [{d['kind']}]: {d['text'][:80]!r}")
-                if any(d["kind"] == "UNEXPECTED" for d in res["different"]):
-                    status = 1
-            engine.close()
-
+        _export(args.model_dir, report)
+    status = _tokens(args.model_dir, args.tokens, report) if "tokens" not in skip else 0
     if "cosine" not in skip:
-        sentences = faq_sentences(args.sentences)
-        if args.lcqmc_sentences:
-            extra: list[str] = []
-            for line in args.lcqmc_sentences.read_text(encoding="utf-8").splitlines():
-                extra.extend(line.split("\t")[:2])
-            extra = list(dict.fromkeys(extra))[: args.sentences // 2]
-            sentences = faq_sentences(args.sentences - len(extra)) + extra
-        cos = check_cosine(args.model_dir, sentences)
-        report["cosine"] = cos
-        print(f"cosine vs engine on {cos['sentences']} sentences:", flush=True)
-        for k, v in cos.items():
-            if isinstance(v, dict):
-                print(
-                    f"  {k:17s} mean {v['mean']:.5f}  min {v['min']:.5f}  p01 {v['p01']:.5f}"
-                    + (
-                        f"  | alone vs batched: min {v['alone_vs_batched']['min']:.6f}, max |diff| "
-                        f"{v['alone_vs_batched']['max_abs_diff']:.2g}"
-                        if "alone_vs_batched" in v
-                        else ""
-                    )
-                )
-
+        _cosine(args.model_dir, args.sentences, args.lcqmc_sentences, report)
     if args.speed:
         print("speed (single query p50, batch-of-16 texts/s):", flush=True)
         report["speed"] = check_speed(args.model_dir, idle_wait_s=args.idle_wait,
