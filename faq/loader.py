@@ -7,6 +7,7 @@ Aliases are never expanded beyond what the schema allows, so "billion laughs" fi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -316,10 +317,8 @@ class _FileReader:
         if isinstance(node, yaml.ScalarNode) and node.tag == NULL_TAG:
             return None
         if isinstance(node, yaml.ScalarNode) and node.tag in (STR_TAG, TIMESTAMP_TAG):
-            try:
+            with contextlib.suppress(ValueError):  # not a date: reported below, with the line
                 return parse_when(node.value)
-            except ValueError:
-                pass
         self.problem(node, field, f"expected a date (2026-01-31) or an ISO datetime (2026-01-31T18:00:00+08:00), "
                                   f"got {_kind(node)}")
         return None
