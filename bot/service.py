@@ -216,6 +216,7 @@ class FaqService:
     def use_index(self, index: FaqIndex) -> None:
         """Swap in a new live index atomically (readers keep the one they started with)."""
         check_compatible(index, self.encoder)
+        index.prepare()  # the character index is built here, before the swap, not inside the first request
         matcher = matcher_for(index, self.settings)
         exact = ExactMatches(index) if self._exact_enabled else None
         phrases = HandoffPhrases(index.meta.kb_handoff_phrases)

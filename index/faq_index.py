@@ -160,6 +160,12 @@ class FaqIndex:
     def calibration(self) -> Calibration:
         return self.meta.calibration
 
+    def prepare(self) -> None:
+        """Build what the ranking reads lazily (the character index), so serving never pays for it in a request."""
+        model = self.calibration.confidence
+        if model is not None and model.lexical_weight > 0:
+            _ = self.lexical
+
     @property
     def lexical(self) -> LexicalIndex:
         """The character index of the row texts, built on first use (a few ms per thousand texts)."""
