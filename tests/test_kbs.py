@@ -68,6 +68,16 @@ def test_named_kbs_keep_their_order_and_the_first_is_the_default(kb_dirs: dict[s
     assert courses.kb == kb_dirs["courses"].resolve() and courses.layout.index == tmp_path / "kbs" / "courses" / "index"
 
 
+def test_two_hundred_kbs_fit_in_one_faqbot_kb(tmp_path: Path, tiny_kb: Path) -> None:
+    """A value far longer than a file name may be (the OS refuses to even look it up) is still parsed."""
+    folders = {}
+    for i in range(200):
+        folders[f"kb{i:03d}"] = tmp_path / f"some-long-directory-name-for-kb-{i:03d}"
+        folders[f"kb{i:03d}"].mkdir()
+    settings = Settings(kb=_kb_value(folders), data_dir=tmp_path)
+    assert list(settings.kb_paths) == list(folders) and settings.kb_name == "kb000"
+
+
 @pytest.mark.parametrize(("kbs", "expected"), [
     (["a={shop}", "a={courses}"], "KB name 'a' is given twice"),
     (["a/b={shop}"], "KB name 'a/b'"),
