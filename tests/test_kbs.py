@@ -237,3 +237,21 @@ def test_faqbot_build_builds_every_kb_and_reload_kb_rebuilds_only_that_one(
     assert courses.current_pointer.read_text() != courses_version
     assert shop.current_pointer.read_text() == shop_version  # the other KB untouched
     assert not (data_dir / "index").exists()  # no `default` KB here
+
+
+def test_two_shipped_kbs_answer_their_own_paraphrases_with_the_real_encoder(bundled_encoder, tiny_kb: Path,
+                                                                           tmp_path: Path) -> None:
+    """End to end on the bundled encoder: one model, two KBs, each answering a reworded question of its own."""
+    root = Path(__file__).resolve().parents[1]
+    settings = Settings(kb=f"shop={tiny_kb},courses={root / 'faq' / 'examples' / 'courses'}",
+                        data_dir=tmp_path / "var", rate_limit_enabled=False)
+    app = build_app(settings, encoder=bundled_encoder)
+    with serve_app(app) as base:
+        services = list(app.state.kbs)
+        assert [s.kb_name for s in services] == ["shop", "courses"]
+        assert services[0].encoder is services[1].encoder  # one model for both
+        shop = _chat(base, "我忘记密码了该怎么办").json()
+        assert shop["matched"] and shop["faq_id"] == "change_password"
+        question = services[1].index.faqs[0].question
+        courses = _chat(base, "请问" + question.rstrip("？?") + "呢", "courses").json()
+        assert courses["matched"] and courses["faq_id"] == services[1].index.faqs[0].id
