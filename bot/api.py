@@ -7,6 +7,7 @@ and rendered by bot.errors. /chat and /feedback await the service; the other han
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from bot.errors import error_response
 from bot.handoff import ASKED
+from bot.kbs import KnowledgeBases
 from bot.matcher import Decision
 from bot.metrics import Metrics
 from bot.schemas import ChatRequest, EmbeddingsRequest, FeedbackRequest, SimilarityRequest
@@ -34,7 +36,12 @@ async def get_service(request: Request) -> FaqService:
     return request.app.state.service
 
 
+async def get_kbs(request: Request) -> KnowledgeBases:
+    return request.app.state.kbs
+
+
 Service = Annotated[FaqService, Depends(get_service)]
+Kbs = Annotated[KnowledgeBases, Depends(get_kbs)]
 
 
 def require_text(value: str, field: str, max_chars: int) -> str:
@@ -92,12 +99,14 @@ def answer_label(result: ChatResult) -> str:
 
 
 @router.post("/chat", tags=["chat"])
-async def chat(body: ChatRequest, service: Service, request: Request) -> dict[str, Any]:
-    """Answer a customer question with the best FAQ, or the fallback (logged as a miss) below the threshold."""
+async def chat(body: ChatRequest, kbs: Kbs, request: Request) -> dict[str, Any]:
+    """Answer a customer question with the best FAQ of the KB `kb` (default: the first), or the fallback
+    (logged as a miss) below the threshold."""
     # Async: the request waits for the encoder worker (micro-batched with other questions) and, on a
     # miss, for the batched commit of the miss log, without holding a thread (docs/performance.md).
+    service = kbs.get(body.kb)
     require_text(body.message, "message", service.settings.max_message_chars)
-    service.require_ready()
+    kbs.require_ready(service)
     result = await service.achat(body.message, channel=body.channel, session_id=body.session_id, tags=body.tags,
                                  top_k=body.top_k)
     metrics: Metrics = request.app.state.metrics
@@ -106,9 +115,12 @@ async def chat(body: ChatRequest, service: Service, request: Request) -> dict[st
 
 
 @router.post("/feedback", tags=["chat"])
-async def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
-    """Record 👍/👎 for an answer; a 👎 puts the question in the miss log for review."""
+async def feedback(body: FeedbackRequest, kbs: Kbs) -> dict[str, Any]:
+    """Record 👍/👎 for an answer of the KB `kb`; a 👎 puts the question in that KB's miss log for review."""
+    service = kbs.get(body.kb)
     require_text(body.message, "message", service.settings.max_message_chars)
+    if not body.helpful:
+        kbs.require_ready(service)
     feedback_id, miss_id = await service.feedback(body.message, helpful=body.helpful, faq_id=body.faq_id,
                                                   session_id=body.session_id, channel=body.channel)
     return {"status": "success", "feedback_id": feedback_id, "miss_id": miss_id}
@@ -163,13 +175,24 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"])
-def readyz(service: Service, request: Request) -> Response:
-    """200 once the index is loaded (with its version), 503 before or if loading failed."""
-    if not service.ready:
-        return error_response(service.not_ready())
+def readyz(service: Service, kbs: Kbs, request: Request) -> Response:
+    """200 once the index is loaded (with its version), 503 before or if loading failed. With several
+    KBs: 200 once none is still loading and one answers; `kbs` names each, and why one is not loaded."""
+    answering, state = kbs.readiness()
+    if len(kbs) > 1 and answering:
+        service = next(s for s in kbs if s.ready)
+    if not service.ready or not answering:
+        response = error_response(service.not_ready())
+        if len(kbs) > 1:
+            body = json.loads(bytes(response.body))
+            response = JSONResponse({**body, "kbs": state}, status_code=response.status_code, headers={
+                k: v for k, v in response.headers.items() if k.lower() == "retry-after"})
+        return response
     index = service.index
     shared = getattr(request.app.state, "shared_state", None)
-    return JSONResponse({"status": "ready", "index_version": index.version, "faqs": index.meta.n_faqs,
+    failed = [name for name, s in state.items() if not s["ready"]]
+    return JSONResponse({"status": "ready", "index_version": index.version,
+                         "faqs": index.meta.n_faqs, "kbs": state, "kbs_failed": failed,
                          "vectors": index.meta.n_vectors, "encoder": index.meta.encoder_name,
                          "degraded": bool(shared and shared.degraded),
                          "shared_state": shared.status() if shared else None})

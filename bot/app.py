@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from bot.api import router as api_router
 from bot.channels import drain_outbound, install_channels
 from bot.errors import install_error_handlers
+from bot.kbs import KnowledgeBases
 from bot.limits import Limits, ProtectionMiddleware
 from bot.logging_setup import configure_logging
 from bot.metrics import Metrics
@@ -39,24 +40,28 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
                service: FaqService | None = None, load_before_serving: bool = False) -> FastAPI:
     """A ready-to-serve app; pass `encoder`/`store`/`service` to share them (tests, CLI)."""
     settings = settings or Settings()
-    service = service or FaqService(settings, encoder=encoder, store=store)
+    kbs = KnowledgeBases.from_settings(settings, encoder=encoder, store=store, service=service)
+    service = kbs.first
     stop = threading.Event()
     # Rate buckets, the query-embedding cache and webhook event ids: Redis when configured (shared by
     # replicas), else in-process; a Redis outage degrades to local state, never to errors.
     shared = SharedState(settings.redis_url, timeout=settings.redis_timeout_seconds,
                          retry_seconds=settings.redis_retry_seconds)
     if shared.configured:
-        service.cache = SharedEmbeddingCache(settings.cache_size, shared, lambda: service.encoder.fingerprint,
-                                             settings.redis_cache_ttl_seconds)
+        cache = SharedEmbeddingCache(settings.cache_size, shared, lambda: service.encoder.fingerprint,
+                                     settings.redis_cache_ttl_seconds)
+        for kb_service in kbs:  # one encoder, one query cache for every KB
+            kb_service.cache = cache
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.log_format)
         # The encoder worker and the batched miss writer first, so the first question finds them.
-        service.start_pipeline(app.state.metrics)
+        for kb_service in kbs:  # the first KB's service starts them, the others share them
+            kb_service.start_pipeline(app.state.metrics)
         if load_before_serving:  # uvicorn listens only after the lifespan's start-up has returned
-            await asyncio.to_thread(service.start)
-        threading.Thread(target=_start_and_watch, args=(service, stop, app.state.metrics, not load_before_serving),
+            await asyncio.to_thread(kbs.start_all)
+        threading.Thread(target=_start_and_watch, args=(kbs, stop, app.state.metrics, not load_before_serving),
                          name="faqbot-index", daemon=True).start()
         for start_task in app.state.background_tasks:  # e.g. admin's KB watcher; each stops with `stop`
             start_task(stop)
@@ -66,7 +71,8 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
             stop.set()
             await drain_outbound(app)
             # uvicorn has finished the in-flight requests by now: commit every chat-log row and miss they logged.
-            await asyncio.to_thread(service.stop_pipeline)
+            for kb_service in reversed(list(kbs)):  # the sharing ones let go first, the owner stops last
+                await asyncio.to_thread(kb_service.stop_pipeline)
             shared.close()
 
     app = FastAPI(
@@ -75,7 +81,8 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.service = service
+    app.state.service = service  # the first KB's: webhooks, /similarity, /v1/embeddings
+    app.state.kbs = kbs
     app.state.settings = settings
     # Callables `start(stop_event)` run at start-up by the lifespan (so layers above bot can add threads).
     app.state.background_tasks = []
@@ -108,14 +115,14 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
     return app
 
 
-def _start_and_watch(service: FaqService, stop: threading.Event, metrics: Metrics, load: bool) -> None:
-    """Load the index (unless the lifespan did), then follow the published version so every worker swaps to a new one."""
+def _start_and_watch(kbs: KnowledgeBases, stop: threading.Event, metrics: Metrics, load: bool) -> None:
+    """Load every KB's index (unless the lifespan did), then follow the published versions so every worker swaps to a new one."""
     if load:
-        service.start()
+        kbs.start_all()
     while not stop.wait(PUBLISHED_INDEX_POLL_SECONDS):
         try:
-            if service.refresh_if_published():
-                log.info("now serving index %s", service.index.version)
+            for name in kbs.refresh_all():
+                log.info("now serving index %s of KB %s", kbs.get(name).index.version, name)
         except Exception as exc:  # a bad published version must not stop the watcher; keep serving the old one
             metrics.index_loads_failed.inc()
             log.error("could not load the published index: %s", exc)

@@ -22,6 +22,7 @@ class ChatRequest(StrictBody):
     channel: str = Field("web", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$", description="Where it came from.")
     tags: list[str] | None = Field(None, max_length=32, description="Only consider FAQs with one of these tags.")
     top_k: int | None = Field(None, ge=1, le=20, description="How many alternatives to return.")
+    kb: str | None = Field(None, max_length=64, description="Which knowledge base to ask (`--kb NAME=PATH`); none: the first.")
 
 
 class FeedbackRequest(StrictBody):
@@ -32,6 +33,7 @@ class FeedbackRequest(StrictBody):
     helpful: bool = Field(..., description="true = 👍, false = 👎.")
     session_id: str | None = Field(None, max_length=128)
     channel: str = Field("web", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
+    kb: str | None = Field(None, max_length=64, description="Which knowledge base to ask (`--kb NAME=PATH`); none: the first.")
 
 
 class SimilarityRequest(StrictBody):

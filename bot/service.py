@@ -99,7 +99,7 @@ def build_and_publish(settings: Settings, encoder: Encoder, *, kb: KnowledgeBase
     kb = kb or load_kb(settings.kb)
     index = build_index(kb, encoder, kb_path=str(Path(settings.kb).resolve()), calibration=calibration,
                         progress=progress)
-    publish_index(index, settings.data_dir)
+    publish_index(index, settings.layout)
     return index
 
 
@@ -108,7 +108,7 @@ def ensure_index(settings: Settings, encoder: Encoder, *,
     """The live index, rebuilt first if it is missing or stale (or StaleIndexError when auto_build is off)."""
     kb = load_kb(settings.kb)
     try:
-        index = load_index(settings.data_dir)
+        index = load_index(settings.layout)
         check_compatible(index, encoder, kb)
         return index
     except (IndexUnavailableError, StaleIndexError) as problem:
@@ -123,7 +123,7 @@ def ensure_index(settings: Settings, encoder: Encoder, *,
 def previous_calibration(settings: Settings, encoder: Encoder) -> Calibration | None:
     """Keep a calibration fitted by `faqbot calibrate` across KB rebuilds with the same encoder."""
     try:
-        old = load_index(settings.data_dir)
+        old = load_index(settings.layout)
     except IndexUnavailableError:
         return None
     # Only a locally fitted one: the shipped/uncalibrated default is re-read from the package on each build.
@@ -164,12 +164,20 @@ STORE_REFUSED = (SQLAlchemyError, OSError)
 
 
 class FaqService:
-    """What a running faqbot is: one encoder, the live index, the store, and the settings."""
+    """One KB served: its live index and decision, over an encoder, a store and a hot path.
 
-    def __init__(self, settings: Settings, *, encoder: Encoder | None = None, store: Store | None = None) -> None:
+    With several KBs (`shares`), every KB's service uses the first one's encoder, store, query
+    cache, encoder worker and miss writer: one model in memory, one database, one batch queue.
+    """
+
+    def __init__(self, settings: Settings, *, encoder: Encoder | None = None, store: Store | None = None,
+                 shares: FaqService | None = None) -> None:
         self.settings = settings
-        self._encoder = encoder
-        self.store = store or Store(settings.resolved_database_url)
+        self.kb_name = settings.kb_name
+        self._shares = shares
+        self._encoder = encoder if shares is None else shares._encoder
+        self.store = shares.store if shares is not None else (
+            store or Store(settings.resolved_database_url, first_kb=settings.kb_name))
         self._index: FaqIndex | None = None
         self._matcher: Matcher | None = None
         self.load_error: str | None = None
@@ -181,7 +189,7 @@ class FaqService:
         # cache or the encoder worker; chat-log rows and misses go through the batched writer. The
         # worker and writer run between start_pipeline() and stop_pipeline() (the app's lifespan);
         # without them (CLI, scripts) every call encodes and writes in the caller's thread.
-        self.cache = EmbeddingCache(settings.cache_size)
+        self.cache = shares.cache if shares is not None else EmbeddingCache(settings.cache_size)
         # A KB text's stored vector is its query vector only when both sides get the same prompt.
         self._exact_enabled = settings.exact_match and settings.kb_prefix == "query" and (
             settings.passage_prompt is None or settings.passage_prompt == settings.query_prompt)
@@ -198,15 +206,16 @@ class FaqService:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = load_encoder(encoder_spec(self.settings))
+            self._encoder = self._shares.encoder if self._shares is not None else load_encoder(encoder_spec(self.settings))
         return self._encoder
 
     def start(self) -> None:
         """Load (building if needed) the index and warm the encoder; errors are kept for /readyz."""
         try:
             index = ensure_index(self.settings, self.encoder)
-            self.encoder.encode_queries(["预热"])  # first call allocates buffers: keep it off a customer's request
-            self.encoder.encode_queries(["预热", "你好"])  # and the batch path (it starts the OpenMP team)
+            if self._shares is None:  # one encoder for every KB: warm it once
+                self.encoder.encode_queries(["预热"])  # first call allocates buffers: keep it off a customer's request
+                self.encoder.encode_queries(["预热", "你好"])  # and the batch path (it starts the OpenMP team)
             self.use_index(index)
             self.load_error = None
         except Exception as exc:  # any start-up failure is kept for /readyz and logged, never fatal to the process
@@ -231,17 +240,17 @@ class FaqService:
     def refresh_if_published(self) -> bool:
         """Load the published version if another process (or worker) made a newer one live."""
         with self._publish_lock:
-            version = live_version(self.settings.data_dir)
+            version = live_version(self.settings.layout)
             if version is None or (self._index is not None and version == self._index.version):
                 return False
-            self.use_index(load_index(self.settings.data_dir, version))
+            self.use_index(load_index(self.settings.layout, version))
             return True
 
     def publish_and_use(self, index: FaqIndex) -> None:
         """Make `index` the published version (every worker follows CURRENT) and serve it here at once."""
         check_compatible(index, self.encoder)
         with self._publish_lock:
-            publish_index(index, self.settings.data_dir)
+            publish_index(index, self.settings.layout)
             self.use_index(index)
 
     @property
@@ -274,6 +283,9 @@ class FaqService:
         """Start the encoder worker and the batched miss writer (the app's lifespan calls this)."""
         settings = self.settings
         self._metrics = metrics
+        if self._shares is not None:  # the first KB's service runs them for every KB
+            self.batcher, self.miss_writer = self._shares.batcher, self._shares.miss_writer
+            return
         # The loop thread searches too (cache hits, exact matches): with OpenMP's default thread per core
         # a 30k-row search measured 2-4x slower on 2 shared cores than on one thread (docs/performance.md).
         limit_faiss_threads()
@@ -293,6 +305,9 @@ class FaqService:
 
     def stop_pipeline(self) -> None:
         """Encode what is queued, commit every handed-over chat-log row and miss, stop both threads."""
+        if self._shares is not None:  # not ours to stop
+            self.batcher = self.miss_writer = None
+            return
         batcher, self.batcher = self.batcher, None
         if batcher is not None:
             batcher.stop()
@@ -517,9 +532,9 @@ class FaqService:
                             faq_id=chat.faq_id, similarity=chat.similarity, miss_id=miss_id, handoff=chat.handoff)
         return miss_id
 
-    @staticmethod
-    def miss_record(message: str, decision: Decision, channel: str, session_id: str | None,
+    def miss_record(self, message: str, decision: Decision, channel: str, session_id: str | None,
                     index_version: str | None, reason: str | None = None) -> MissRecord:
+        """The miss row of a turn of this KB."""
         best = decision.best
         return MissRecord(
             message=message,
@@ -532,6 +547,7 @@ class FaqService:
             best_percent=best.percent if best else None,
             candidates=[c.as_dict() for c in decision.candidates],
             index_version=index_version,
+            kb=self.kb_name,
         )
 
     def similarity(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, float]]:

@@ -6,15 +6,17 @@ The README's settings table is generated from / checked against this class (test
 from __future__ import annotations
 
 import os
+import re
 from datetime import tzinfo
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index.datadir import DataDir
+from index.datadir import DEFAULT_KB, DataDir
 
+KB_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 SAMPLE_KB = Path(__file__).resolve().parent.parent / "faq" / "sample"
 
 
@@ -24,7 +26,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FAQBOT_", extra="ignore")
 
     data_dir: Path = Field(Path("var"), description="Runtime files: index versions, the SQLite database, exported and fine-tuned models.")
-    kb: Path = Field(SAMPLE_KB, description="The FAQ knowledge base: one YAML file or a directory of them.")
+    kb: Path = Field(SAMPLE_KB, description="The FAQ knowledge base: one YAML file or a directory of them; several as "
+                     "`name=path,name2=path2` (names `[a-z0-9_-]{1,32}`; a plain path is the KB `default`; /chat without `kb` asks the first).")
     encoder: str = Field(
         "auto", description="Encoder: `auto` (the bundled model as ONNX int8, exported once into `<data_dir>/models` on first start; "
         "the bundled engine if that cannot run), `bundled`, `bundled:<file>` (a fine-tuned model packed with `faqbot model pack-bundled`), "
@@ -88,6 +91,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(["*"], description="Origins allowed to call the API from a browser (JSON list).")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the miss log; default SQLite `<data_dir>/faqbot.db`.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for `/admin/...`; unset = admin API and page are off (404).")
+    kb_admin_tokens: dict[str, SecretStr] = Field(
+        {}, description="Admin tokens that see one KB each (JSON object `{\"courses\": \"token...\"}`); "
+        "`FAQBOT_ADMIN_TOKEN` sees every KB."
+    )
     auto_build: bool = Field(True, description="Build the index at start-up when it is missing or stale (else refuse to serve it).")
     watch_kb: bool = Field(
         False, description="Rebuild the index (gated by the golden questions, like `POST /admin/reload`) when a KB file changes; polls every 2 s."
@@ -164,6 +171,52 @@ class Settings(BaseSettings):
     outbound_attempts: int = Field(4, ge=1, le=10, description="Tries per outbound reply before it is kept as a dead letter.")
     outbound_backoff_seconds: float = Field(1.0, ge=0, le=60, description="First retry delay of outbound replies; doubles per try.")
 
+    # Every KB by name (first = the one /chat asks without `kb`), and the one these settings are for.
+    _kbs: dict[str, Path] = PrivateAttr(default_factory=dict)
+    _kb_name: str = PrivateAttr(DEFAULT_KB)
+
+    @model_validator(mode="after")
+    def _split_knowledge_bases(self) -> Settings:
+        """`kb` may name several KBs (`a=x,b=y`): keep them by name, and `kb` is the first one's path."""
+        self._kbs = parse_kbs(str(self.kb))
+        self._kb_name, self.kb = next(iter(self._kbs.items()))
+        for name, token in self.kb_admin_tokens.items():
+            if name not in self._kbs:
+                raise ValueError(f"FAQBOT_KB_ADMIN_TOKENS: no KB named {name!r} (KBs: {', '.join(self._kbs)})")
+            if len(token.get_secret_value()) < 12:
+                raise ValueError(f"FAQBOT_KB_ADMIN_TOKENS: the token of {name!r} must be at least 12 characters")
+        return self
+
+    @property
+    def kb_paths(self) -> dict[str, Path]:
+        """Every KB of the deployment by name, in the order given (a plain path: `{"default": path}`)."""
+        return dict(self._kbs) if len(self._kbs) > 1 else {self._kb_name: self.kb}
+
+    @property
+    def kb_name(self) -> str:
+        """The KB these settings serve (`kb` is its path)."""
+        return self._kb_name
+
+    @property
+    def layout(self) -> DataDir:
+        """The data dir with this KB's index paths (index.datadir knows where they are)."""
+        return DataDir(self.data_dir, kb=self._kb_name)
+
+    def only(self, name: str) -> Settings:
+        """These settings with the KB `name` alone (`faqbot reload --kb NAME`)."""
+        copy = self.for_kb(name)
+        copy._kbs = {name: copy.kb}
+        return copy
+
+    def for_kb(self, name: str) -> Settings:
+        """The same settings for the KB `name`: what its FaqService, rebuilds and commands read."""
+        paths = self.kb_paths
+        if name not in paths:
+            raise KeyError(name)
+        copy = self.model_copy(update={"kb": paths[name]})
+        copy._kbs, copy._kb_name = paths, name
+        return copy
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -231,3 +284,43 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or DataDir(self.data_dir).database_url
+
+
+def parse_kbs(value: str) -> dict[str, Path]:
+    """`path` or `name=path,name2=path2` as KBs by name; ValueError (one line) on a name or path that cannot work.
+
+    A path that exists is a plain path even if it holds `=` or `,`; a plain entry is the KB `default`.
+    Named KBs must exist now (a typo should stop the start, not show up as one KB that never loads).
+    """
+    if not ("=" in value or "," in value) or _exists(Path(value)):
+        return {DEFAULT_KB: Path(value)}
+    kbs: dict[str, Path] = {}
+    seen: dict[Path, str] = {}
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        name, sep, raw = entry.partition("=")
+        name, raw = (name.strip(), raw.strip()) if sep else (DEFAULT_KB, entry)
+        if not KB_NAME.fullmatch(name):
+            raise ValueError(f"KB name {name!r}: use 1-32 of a-z, 0-9, _ and - (in {entry!r})")
+        if name in kbs:
+            raise ValueError(f"KB name {name!r} is given twice")
+        path = Path(raw).expanduser()
+        if not raw or not _exists(path):
+            raise ValueError(f"KB {name!r}: {raw!r} does not exist")
+        resolved = path.resolve()
+        if resolved in seen:
+            raise ValueError(f"KB {name!r}: {raw} is already the KB {seen[resolved]!r} (one path, one KB)")
+        seen[resolved] = name
+        kbs[name] = resolved
+    if not kbs:
+        raise ValueError("no KB given")
+    return kbs
+
+
+def _exists(path: Path) -> bool:
+    """`path.exists()`, False for a name the OS refuses (200 KBs in one FAQBOT_KB is too long for a file name)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False

@@ -40,6 +40,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import IntegrityError
 
+from index.datadir import DEFAULT_KB
+
 metadata = MetaData()
 
 misses = Table(
@@ -61,6 +63,8 @@ misses = Table(
     Column("resolved_action", String(16)),
     Column("resolved_faq_id", String(64)),
     Column("resolved_at", DateTime(timezone=True)),
+    # The KB the question was asked of (`--kb NAME=PATH`; a single KB is `default`): bot/migrations 0003.
+    Column("kb", String(32), nullable=False, server_default=DEFAULT_KB, index=True),
     # Hash on PostgreSQL: equality only, and no btree limit on long questions (bot/migrations 0001).
     Index("ix_misses_match_key", "match_key", postgresql_using="hash"),
 )
@@ -193,6 +197,7 @@ class MissRecord:
     best_percent: float | None
     candidates: Sequence[dict[str, object]]
     index_version: str | None
+    kb: str = DEFAULT_KB
 
 
 def miss_row(miss: MissRecord, created_at: Any) -> dict[str, Any]:
@@ -209,6 +214,7 @@ def miss_row(miss: MissRecord, created_at: Any) -> dict[str, Any]:
         "best_percent": miss.best_percent,
         "candidates": json.dumps(list(miss.candidates), ensure_ascii=False),
         "index_version": miss.index_version,
+        "kb": miss.kb,
         "status": "open",
     }
 
@@ -216,13 +222,14 @@ def miss_row(miss: MissRecord, created_at: Any) -> dict[str, Any]:
 class Store:
     """Everything faqbot keeps in its database, behind plain methods."""
 
-    def __init__(self, url: str, *, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(self, url: str, *, busy_timeout_seconds: float = 30.0, first_kb: str = DEFAULT_KB) -> None:
+        """`first_kb`: the KB that misses logged before there were several KBs belong to (migration 0003)."""
         from bot.migrations import upgrade
 
         self.url = url
         self.engine = make_engine(url, busy_timeout_seconds=busy_timeout_seconds)
         # The schema comes from the Alembic migrations (the same for SQLite and PostgreSQL).
-        upgrade(self.engine)
+        upgrade(self.engine, first_kb=first_kb)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -270,8 +277,11 @@ class Store:
         return _miss_dict(row) if row else None
 
     def list_misses(self, *, status: str | None = "open", channel: str | None = None, since: datetime | None = None,
-                    until: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+                    until: datetime | None = None, limit: int = 1000, kb: str | None = None) -> list[dict[str, Any]]:
+        """The newest misses matching every filter given (`kb`: of that KB only)."""
         query = select(misses).order_by(misses.c.id.desc()).limit(limit)
+        if kb is not None:
+            query = query.where(misses.c.kb == kb)
         if status:
             query = query.where(misses.c.status == status)
         if channel:

@@ -1,7 +1,7 @@
 """The data directory (`FAQBOT_DATA_DIR`, default `./var`): the one place that knows its layout.
 
     <data_dir>/
-      index/                 published index versions (index.faq_index)
+      index/                 published index versions of the KB named `default` (index.faq_index)
         versions/<version>/  vectors.faiss + meta.json of one version
         CURRENT              the live version's name, replaced atomically
         .rebuild.lock        one rebuild at a time (admin.curation.rebuild)
@@ -12,6 +12,11 @@
         finetuned-<time>/    `faqbot finetune` output by default
       faqbot.db              the SQLite miss log and chat log (unless FAQBOT_DATABASE_URL)
       .kb-edit.lock          one KB file edit at a time (admin.curation.kb_edit)
+      kbs/<name>/index/      the same as index/, for each KB not named `default` (`--kb NAME=PATH`)
+
+One encoder, one database and one models/ serve every KB; only the index (with its calibration and
+rebuild lock) is per KB. `default` keeps `<data_dir>/index`, so a data dir made before several KBs
+existed serves on unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-BUNDLED_EXPORT = "bundled"  # under models/: also the base `faqbot finetune --base bundled` trains from
+BUNDLED_EXPORT = "bundled"
+DEFAULT_KB = "default"  # the name of a KB given as a plain path; its index stays at <data_dir>/index  # under models/: also the base `faqbot finetune --base bundled` trains from
 
 
 @dataclass(frozen=True)
@@ -27,14 +33,24 @@ class DataDir:
     """Paths under one data directory; nothing is created until someone writes there."""
 
     root: Path
+    kb: str = DEFAULT_KB  # whose index `index` and the paths under it are
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    # --- the index ---
+    @classmethod
+    def of(cls, where: Path | str | DataDir) -> DataDir:
+        """A layout from a data dir path (the `default` KB's) or a layout already made for one KB."""
+        return where if isinstance(where, DataDir) else cls(Path(where))
+
+    def for_kb(self, name: str) -> DataDir:
+        """The same data dir, with the index paths of the KB `name`."""
+        return DataDir(self.root, kb=name)
+
+    # --- the index (per KB) ---
     @property
     def index(self) -> Path:
-        return self.root / "index"
+        return self.root / "index" if self.kb == DEFAULT_KB else self.root / "kbs" / self.kb / "index"
 
     @property
     def index_versions(self) -> Path:

@@ -358,9 +358,9 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def publish_index(index: FaqIndex, data_dir: Path) -> Path:
+def publish_index(index: FaqIndex, data_dir: Path | DataDir) -> Path:
     """Write `index` as a new version and make it live atomically; prune old versions."""
-    layout = DataDir(data_dir)
+    layout = DataDir.of(data_dir)
     root = layout.index
     versions = layout.index_versions
     versions.mkdir(parents=True, exist_ok=True)
@@ -401,28 +401,28 @@ def _prune(versions: Path, keep: str) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def live_version(data_dir: Path) -> str | None:
+def live_version(data_dir: Path | DataDir) -> str | None:
     """The published version name, or None if nothing was ever published."""
     try:
-        return DataDir(data_dir).current_pointer.read_text().strip() or None
+        return DataDir.of(data_dir).current_pointer.read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
-def published_meta(data_dir: Path) -> dict[str, Any] | None:
+def published_meta(data_dir: Path | DataDir) -> dict[str, Any] | None:
     """The live version's meta.json (without loading vectors), or None."""
     version = live_version(data_dir)
     if not version:
         return None
     try:
-        return json.loads((DataDir(data_dir).index_version(version) / "meta.json").read_text(encoding="utf-8"))
+        return json.loads((DataDir.of(data_dir).index_version(version) / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
-def load_index(data_dir: Path, version: str | None = None) -> FaqIndex:
+def load_index(data_dir: Path | DataDir, version: str | None = None) -> FaqIndex:
     """Load the live (or a given) version; IndexUnavailableError if missing or incomplete."""
-    layout = DataDir(data_dir)
+    layout = DataDir.of(data_dir)
     version = version or live_version(data_dir)
     if not version:
         raise IndexUnavailableError(f"no index in {layout.index}: run `faqbot build` first")

@@ -10,20 +10,24 @@ import shlex
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from admin.errors import UsageError
 from bot.service import FaqService, encoder_spec, ensure_index
-from bot.settings import Settings
+from bot.settings import KB_NAME, Settings
 from index.encoders import Encoder, load_encoder
 from index.faq_index import IndexUnavailableError, StaleIndexError
 from index.progress import progress_bar
 
 ENCODER_HELP = "auto (default) | bundled | bundled:FILE | sentence-transformers:PATH | onnx:PATH (FAQBOT_ENCODER)"
-SETTINGS_FLAGS = ("kb", "data_dir", "host", "port", "workers", "encoder")
+SETTINGS_FLAGS = ("data_dir", "host", "port", "workers", "encoder")
+KB_HELP = ("FAQ YAML file or directory; NAME=PATH, repeated, for several KBs; a command on one KB also takes "
+           "the NAME of one of FAQBOT_KB's (FAQBOT_KB)")
 
 
 def add_common(p: argparse.ArgumentParser, *, server: bool = False) -> None:
     """--kb, --data-dir, --encoder (and --host/--port/--workers for a server)."""
-    p.add_argument("--kb", type=Path, help="FAQ YAML file or directory (FAQBOT_KB)")
+    p.add_argument("--kb", action="append", metavar="[NAME=]PATH", help=KB_HELP)
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="runtime data directory (FAQBOT_DATA_DIR)")
     p.add_argument("--encoder", help=ENCODER_HELP)
     if server:
@@ -33,12 +37,31 @@ def add_common(p: argparse.ArgumentParser, *, server: bool = False) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """FAQBOT_* environment first, command-line flags over it."""
-    overrides = {name: value for name in SETTINGS_FLAGS if (value := getattr(args, name, None)) is not None}
+    """FAQBOT_* environment first, command-line flags over it; `--kb NAME` narrows FAQBOT_KB's KBs to one."""
+    overrides: dict[str, object] = {name: value for name in SETTINGS_FLAGS if (value := getattr(args, name, None)) is not None}
+    given = getattr(args, "kb", None)
+    kb_args = [str(given)] if isinstance(given, Path) else list(given or [])
+    if kb_args:
+        overrides["kb"] = ",".join(kb_args)
     try:
+        if len(kb_args) == 1 and KB_NAME.fullmatch(kb_args[0]) and not Path(kb_args[0]).exists():
+            configured = Settings(**{k: v for k, v in overrides.items() if k != "kb"})
+            if kb_args[0] in configured.kb_paths:
+                return configured.only(kb_args[0])
         return Settings(**overrides)
+    except ValidationError as exc:
+        raise UsageError(f"bad settings: {one_line(exc)}") from exc
     except ValueError as exc:
         raise UsageError(f"bad settings: {exc}") from exc
+
+
+def one_line(exc: ValidationError) -> str:
+    """A settings error as one line: `field: problem; …` (pydantic's own text spans several)."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "kb"
+        parts.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 def configured_encoder(settings: Settings) -> Encoder:

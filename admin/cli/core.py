@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 from admin.cli.common import add_common, configured_encoder, open_service, settings_from
+from admin.errors import UsageError
 from bot.api import chat_response
 from bot.matcher import Decision
 from bot.service import FaqService, build_and_publish, ensure_index, previous_calibration
 from bot.settings import Settings
 from faq import load_kb
-from index.datadir import DataDir
+from faq.errors import FaqbotError
+from index.encoders import Encoder
+from index.faq_index import FaqIndex
 from index.progress import progress_bar
 
 
@@ -27,14 +30,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    kb = load_kb(settings.kb)
-    encoder = configured_encoder(settings)
-    advance = progress_bar("encoding the KB")(len(kb.texts()))
-    index = build_and_publish(settings, encoder, kb=kb, calibration=previous_calibration(settings, encoder),
-                              progress=advance)
-    print(f"built index {index.version}: {index.meta.n_faqs} FAQs, {index.meta.n_vectors} vectors, "
-          f"{index.meta.build_seconds:.1f}s, in {DataDir(settings.data_dir).index.resolve()}")
+    every = settings_from(args)
+    encoder = configured_encoder(every)
+    for name in every.kb_paths:  # every KB given (`--kb NAME` narrows to one)
+        settings = every.for_kb(name)
+        kb = load_kb(settings.kb)
+        advance = progress_bar("encoding the KB")(len(kb.texts()))
+        index = build_and_publish(settings, encoder, kb=kb, calibration=previous_calibration(settings, encoder),
+                                  progress=advance)
+        print(f"built index {index.version} of KB {name}: {index.meta.n_faqs} FAQs, {index.meta.n_vectors} vectors, "
+              f"{index.meta.build_seconds:.1f}s, in {settings.layout.index.resolve()}")
     return 0
 
 
@@ -93,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level, settings.log_format)  # the encoder's first-start export reports here
     encoder = configured_encoder(settings)
-    index = ensure_index(settings, encoder, progress_factory=progress_bar("encoding the KB"))
+    index = _ensure_every_index(settings, encoder)
     print(f"index {index.version}: {index.meta.n_faqs} FAQs; serving on http://{settings.host}:{settings.port}",
           file=sys.stderr)
     # Workers are separate processes: each gets these effective settings (paths made absolute).
@@ -106,6 +111,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(build_app(settings, encoder=encoder), host=settings.host, port=settings.port,
                     log_level=settings.log_level, access_log=False)
     return 0
+
+
+def _ensure_every_index(settings: Settings, encoder: Encoder) -> FaqIndex:
+    """Build what is missing before serving; with several KBs one that cannot load is reported and
+    skipped (the server names it on /readyz), so it does not stop the others. The first loaded index."""
+    if len(settings.kb_paths) == 1:
+        return ensure_index(settings, encoder, progress_factory=progress_bar("encoding the KB"))
+    loaded: list[FaqIndex] = []
+    for name in settings.kb_paths:
+        try:
+            loaded.append(ensure_index(settings.for_kb(name), encoder, progress_factory=progress_bar(f"encoding KB {name}")))
+        except FaqbotError as exc:
+            print(f"faqbot: warning: KB {name} not loaded: {exc.message}", file=sys.stderr)
+    if not loaded:
+        raise UsageError("no KB could be loaded (see the warnings above)")
+    return loaded[0]
 
 
 def settings_markdown() -> str:

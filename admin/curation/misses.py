@@ -84,7 +84,7 @@ def fetch_misses(service: FaqService, filters: MissFilter) -> list[dict[str, Any
     since = filters.since.astimezone(UTC) if filters.since else None
     until = filters.until.astimezone(UTC) if filters.until else None
     return service.store.list_misses(status=filters.status, channel=filters.channel, since=since, until=until,
-                                     limit=MAX_SCANNED_MISSES)
+                                     limit=MAX_SCANNED_MISSES, kb=service.kb_name)
 
 
 class VectorCache:
@@ -220,7 +220,8 @@ def _default_new_file(service: FaqService, leader: dict[str, Any]) -> str | None
 def resolve(service: FaqService, rebuilder: Rebuilder | None, miss_id: int, resolution: Resolution) -> dict[str, Any]:
     """Attach the misses to an FAQ, make a new FAQ of them, ignore them, or reopen them."""
     wanted = list(dict.fromkeys([miss_id, *resolution.miss_ids]))
-    rows = {row["id"]: row for row in service.store.misses_by_ids(wanted)}
+    # Another KB's misses are not this KB's to resolve: they read as unknown ids.
+    rows = {row["id"]: row for row in service.store.misses_by_ids(wanted) if row.get("kb") == service.kb_name}
     unknown = [i for i in wanted if i not in rows]
     if unknown:
         raise NotFoundError(f"no miss with id {', '.join(map(str, unknown))}", code="miss_not_found")
@@ -305,7 +306,7 @@ def training_pairs(service: FaqService) -> list[dict[str, str]]:
     faqs = service.index.faq_by_id
     pairs = []
     seen: set[tuple[str, str]] = set()
-    for row in reversed(service.store.list_misses(status="resolved", limit=MAX_SCANNED_MISSES)):
+    for row in reversed(service.store.list_misses(status="resolved", limit=MAX_SCANNED_MISSES, kb=service.kb_name)):
         faq = faqs.get(row.get("resolved_faq_id") or "")
         if row.get("resolved_action") not in ("attach", "new") or faq is None:
             continue

@@ -37,8 +37,9 @@ log = logging.getLogger("faqbot")
 RELOAD_WAIT_SECONDS = 300.0
 WATCH_INTERVAL_SECONDS = 2.0
 
-def rebuild_lock(data_dir: Path) -> FileLock:
-    return FileLock(DataDir(data_dir).rebuild_lock)
+def rebuild_lock(data_dir: Path | DataDir) -> FileLock:
+    """One rebuild at a time per KB index (a data dir path: the `default` KB's)."""
+    return FileLock(DataDir.of(data_dir).rebuild_lock)
 
 
 def edit_lock(data_dir: Path) -> FileLock:
@@ -185,7 +186,7 @@ class Rebuilder:
         self.service = service
         self.settings = service.settings
         self.on_done = on_done  # e.g. Metrics.observe_rebuild: every outcome and its duration
-        self.lock = rebuild_lock(self.settings.data_dir)
+        self.lock = rebuild_lock(self.settings.layout)
         self.last: RebuildOutcome | None = None
         self._running = threading.Event()
 
@@ -216,7 +217,7 @@ class Rebuilder:
         return outcome
 
     def _live_version(self) -> str | None:
-        return self.service.index.version if self.service.ready else live_version(self.settings.data_dir)
+        return self.service.index.version if self.service.ready else live_version(self.settings.layout)
 
     def _live_index(self) -> FaqIndex | None:
         """The published index as this process serves it (caught up with CURRENT first)."""
@@ -235,7 +236,7 @@ class Rebuilder:
             return RebuildOutcome("invalid_kb", previous, previous, problems=[p.as_dict() for p in exc.problems],
                                   reason=reason, message=f"{len(exc.problems)} problem(s) in the knowledge base; "
                                   f"still serving {previous}")
-        meta = published_meta(self.settings.data_dir)
+        meta = published_meta(self.settings.layout)
         encoder = service.encoder
         if (meta and meta.get("kb", {}).get("hash") == kb.content_hash
                 and meta.get("encoder", {}).get("fingerprint") == encoder.fingerprint):

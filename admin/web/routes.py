@@ -1,8 +1,10 @@
 """Admin HTTP API under /admin: misses, resolve, reload, index, lint, stats (docs/admin.md).
 
-Every route needs `Authorization: Bearer $FAQBOT_ADMIN_TOKEN` (compared in constant time). With
-no token configured the routes answer exactly like a path that does not exist (404), so a
-public deployment shows no admin surface at all. Authentication runs before a request body is
+Every route needs `Authorization: Bearer $FAQBOT_ADMIN_TOKEN` (compared in constant time), or a
+token of `FAQBOT_KB_ADMIN_TOKENS`, which sees only its own KB (another KB's: 403, its misses: 404).
+With several KBs a route takes `?kb=NAME` (POST /admin/reload: `{"kb": NAME}`); without it, the
+token's own KB or the first. With no token configured the routes answer exactly like a path that
+does not exist (404), so a public deployment shows no admin surface at all. Authentication runs before a request body is
 even read: an unauthorised call gets 401/404 whatever it sends, and changes nothing.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -23,7 +25,8 @@ from admin.curation.lint import lint_kb
 from admin.curation.misses import MissFilter, Resolution, VectorCache, cluster_misses, export, fetch_misses, resolve
 from admin.curation.rebuild import KbWatcher, Rebuilder
 from admin.curation.stats import compute_stats
-from bot.errors import BadRequestError, UnauthorizedError
+from bot.errors import BadRequestError, ForbiddenError, UnauthorizedError
+from bot.kbs import KnowledgeBases
 from bot.service import FaqService
 from faq import KBError, load_kb
 from faq.errors import NotFoundError
@@ -33,27 +36,63 @@ from index.faq_index import live_version, published_meta
 
 @dataclass
 class AdminState:
-    """What the admin routes share per app: the rebuilder (one lock per data dir) and cached vectors."""
+    """What the admin routes work on: one KB's service and rebuilder (one lock per KB index), and the
+    cached vectors; `kbs`/`rebuilders` hold every KB's, `for_kb` picks one."""
 
     service: FaqService
     rebuilder: Rebuilder
     vectors: VectorCache
+    kbs: KnowledgeBases | None = None
+    rebuilders: dict[str, Rebuilder] = field(default_factory=dict)
+
+    def for_kb(self, name: str) -> AdminState:
+        """The same state for the KB `name` (UnknownKbError, 404, for one not served)."""
+        if self.kbs is None:
+            return self
+        service = self.kbs.get(name)
+        return AdminState(service, self.rebuilders[service.kb_name], self.vectors, self.kbs, self.rebuilders)
 
 
-def _admin(request: Request) -> AdminState:
-    return request.app.state.admin
+@dataclass(frozen=True)
+class AdminAccess:
+    """Who is asking: `kb` None = every KB (FAQBOT_ADMIN_TOKEN), else the one KB a KB token sees."""
+
+    kb: str | None
 
 
-def require_admin(request: Request) -> None:
-    """404 when the admin API is off, 401 without the right Bearer token."""
-    token = request.app.state.settings.admin_token
-    if token is None:
+def require_admin(request: Request) -> AdminAccess:
+    """404 when the admin API is off, 401 without a right Bearer token; which KBs the token sees."""
+    settings = request.app.state.settings
+    token, kb_tokens = settings.admin_token, settings.kb_admin_tokens
+    if token is None and not kb_tokens:
         raise NotFoundError("Not Found")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = token.get_secret_value().encode("utf-8")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), expected):
-        raise UnauthorizedError("missing or wrong admin token (send `Authorization: Bearer <token>`)",
-                                challenge='Bearer realm="faqbot-admin"')
+    offered = given.strip().encode("utf-8")
+    if scheme.lower() == "bearer":
+        # Every token is compared (constant time each), so the time taken does not say which one matched.
+        matches = [name for name, secret in [(None, token), *kb_tokens.items()] if secret is not None
+                   and hmac.compare_digest(offered, secret.get_secret_value().encode("utf-8"))]
+        if matches:
+            return AdminAccess(matches[0])
+    raise UnauthorizedError("missing or wrong admin token (send `Authorization: Bearer <token>`)",
+                            challenge='Bearer realm="faqbot-admin"')
+
+
+Access = Annotated[AdminAccess, Depends(require_admin)]
+KbParam = Annotated[str | None, Query(max_length=64, description="Which KB (default: the token's own, else the first)")]
+
+
+def scoped(request: Request, access: AdminAccess, kb: str | None) -> AdminState:
+    """The admin state of KB `kb` as this token may see it: 403 for another KB than a KB token's own."""
+    state: AdminState = request.app.state.admin
+    name = kb or access.kb or state.service.kb_name
+    if access.kb is not None and name != access.kb:
+        raise ForbiddenError(f"this token sees only the knowledge base {access.kb!r}", code="kb_forbidden")
+    return state.for_kb(name)
+
+
+def _admin(request: Request, access: Access, kb: KbParam = None) -> AdminState:
+    return scoped(request, access, kb)
 
 
 Admin = Annotated[AdminState, Depends(_admin)]
@@ -122,7 +161,7 @@ def export_misses(admin: Admin, export_format: Annotated[Literal["csv", "jsonl"]
 def get_miss(admin: Admin, miss_id: int) -> dict[str, Any]:
     """One logged miss with everything recorded about it."""
     miss = admin.service.store.get_miss(miss_id)
-    if miss is None:
+    if miss is None or miss.get("kb") != admin.service.kb_name:
         raise NotFoundError(f"no miss with id {miss_id}", code="miss_not_found")
     return {"status": "success", "miss": miss}
 
@@ -161,19 +200,22 @@ def resolve_miss(admin: Admin, miss_id: int,
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    kb: str | None = Field(None, max_length=64, description="The KB to rebuild (default: the token's own, else the first)")
     force: bool = Field(False, description="Publish even if golden accuracy drops")
     wait: bool = Field(True, description="If another rebuild is running, wait for it (else 409 at once)")
 
 
 @router.post("/reload", openapi_extra=_body_schema(ReloadRequest))
-def reload(admin: Admin, body: Annotated[ReloadRequest, Depends(json_body(ReloadRequest))]) -> dict[str, Any]:
-    """Rebuild from the KB on disk while the old index answers; publish and swap unless the KB is
-    broken or the golden questions got worse. Answers once the new version is live."""
+def reload(request: Request, access: Access, body: Annotated[ReloadRequest, Depends(json_body(ReloadRequest))],
+           kb: KbParam = None) -> dict[str, Any]:
+    """Rebuild one KB from its files on disk while the old index answers; publish and swap unless the
+    KB is broken or the golden questions got worse. Answers once the new version is live."""
+    admin = scoped(request, access, body.kb or kb)
     outcome = admin.rebuilder.rebuild(force=body.force, wait=body.wait, reason="api")
     error = outcome.error()
     if error is not None:
         raise error
-    return {"status": "success", **outcome.as_dict()}
+    return {"status": "success", "kb": admin.service.kb_name, **outcome.as_dict()}
 
 
 @router.get("/index")
@@ -181,7 +223,7 @@ def index_info(admin: Admin) -> dict[str, Any]:
     """The live index version (here and as published for every worker) and the last rebuild."""
     service = admin.service
     settings = service.settings
-    meta = published_meta(settings.data_dir)
+    meta = published_meta(settings.layout)
     try:
         kb_hash: str | None = load_kb(settings.kb).content_hash
         kb_problems = 0
@@ -191,8 +233,10 @@ def index_info(admin: Admin) -> dict[str, Any]:
     rebuilder = admin.rebuilder
     return {
         "status": "success",
+        "kb": service.kb_name,
+        "kbs": admin.kbs.names if admin.kbs is not None else [service.kb_name],
         "version": live.version if live else None,
-        "published_version": live_version(settings.data_dir),
+        "published_version": live_version(settings.layout),
         "built_at": live.meta.built_at if live else None,
         "build_seconds": live.meta.build_seconds if live else None,
         "faqs": live.meta.n_faqs if live else None,
@@ -236,19 +280,25 @@ def lint(admin: Admin, min_similarity: Annotated[float | None, Query(ge=0.0, le=
 
 
 @router.get("/stats")
-def stats(admin: Admin, days: Annotated[int, Query(ge=1, le=366)] = 14,
+def stats(admin: Admin, access: Access, days: Annotated[int, Query(ge=1, le=366)] = 14,
           tz: Annotated[str, Query(max_length=64, description="IANA time zone, e.g. Asia/Shanghai")] = "UTC",
           top: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
-    """Questions and answer rate per day, top matched FAQs, top open misses, thumbs-down per FAQ."""
+    """Questions and answer rate per day, top matched FAQs, top open misses, thumbs-down per FAQ.
+    The chat log is not kept per KB, so only FAQBOT_ADMIN_TOKEN sees the stats."""
+    if access.kb is not None:
+        raise ForbiddenError("the stats cover every KB: they need FAQBOT_ADMIN_TOKEN", code="kb_forbidden")
     return {"status": "success", **compute_stats(admin.service, days=days, tz=tz, top=top, cache=admin.vectors)}
 
 
 def install_admin(app: FastAPI) -> None:
     """Add the admin API to a `bot.app.create_app` app (and the KB watcher when `watch_kb` is on)."""
-    service: FaqService = app.state.service
-    rebuilder = Rebuilder(service, on_done=app.state.metrics.observe_rebuild)
-    state = AdminState(service=service, rebuilder=rebuilder, vectors=VectorCache())
+    kbs: KnowledgeBases = app.state.kbs
+    rebuilders = {s.kb_name: Rebuilder(s, on_done=app.state.metrics.observe_rebuild) for s in kbs}
+    first = kbs.first
+    state = AdminState(service=first, rebuilder=rebuilders[first.kb_name], vectors=VectorCache(), kbs=kbs,
+                       rebuilders=rebuilders)
     app.state.admin = state
     app.include_router(router)
-    if service.settings.watch_kb:
-        app.state.background_tasks.append(KbWatcher(state.rebuilder).start)
+    if first.settings.watch_kb:
+        for rebuilder in rebuilders.values():
+            app.state.background_tasks.append(KbWatcher(rebuilder).start)

@@ -35,9 +35,13 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 ADVISORY_LOCK_KEY = 0x6661_7162_6F74  # "faqbot"
 
 
-def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
-    """An Alembic config for these migrations (no alembic.ini needed at runtime)."""
+def alembic_config(url: str | None = None, connection: Connection | None = None,
+                   first_kb: str | None = None) -> Config:
+    """An Alembic config for these migrations (no alembic.ini needed at runtime); `first_kb` is the KB
+    that rows logged before there were several KBs are given (0003; default `default`)."""
     config = Config()
+    if first_kb is not None:
+        config.attributes["first_kb"] = first_kb
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url is not None:
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -59,14 +63,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", *, first_kb: str | None = None) -> None:
     """Bring the database to `revision` (default head); cheap when it is already there."""
     if revision == "head" and current_revision(engine) == head_revision():
         return
     with _exclusive(engine), engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
-        command.upgrade(alembic_config(connection=conn), revision)
+        command.upgrade(alembic_config(connection=conn, first_kb=first_kb), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -5,7 +5,8 @@
  *
  * Optional attributes: data-title, data-greeting, data-color (#1677ff), data-position (right|left),
  * data-open (true), data-suggestions ("怎么退货|多久发货"), data-tags ("billing,shipping"),
- * data-channel (web), data-api (API base; default: where this script was loaded from).
+ * data-channel (web), data-api (API base; default: where this script was loaded from),
+ * data-kb (which knowledge base of a deployment serving several; default: its first).
  *
  * Everything lives in one shadow root (the host page's CSS cannot reach in, ours cannot leak out),
  * inside one closure (no globals). Every text from the customer or the server is set with
@@ -22,7 +23,8 @@
     return value === null ? null : value.trim();
   };
   var apiBase = new URL(attr("api") || "./", script.src || location.href).href;
-  var storageKey = "faqbot-widget:" + apiBase;
+  var kb = /^[a-z0-9_-]{1,32}$/.test(attr("kb") || "") ? attr("kb") : null;
+  var storageKey = "faqbot-widget:" + apiBase + (kb ? "#" + kb : ""); // one conversation per KB
   var options = {
     title: attr("title"),
     greeting: attr("greeting"),
@@ -183,6 +185,7 @@
     scrollToEnd();
     setBusy(true);
     var body = { message: message, session_id: state.sessionId, channel: options.channel };
+    if (kb) body.kb = kb;
     if (options.tags.length) body.tags = options.tags;
     fetchJson("chat", body)
       .then(function (reply) {
@@ -232,6 +235,7 @@
     buttons.forEach(function (b) { b.disabled = true; });
     var body = { message: entry.ask, faq_id: entry.faq_id || null, helpful: helpful,
       session_id: state.sessionId, channel: options.channel };
+    if (kb) body.kb = kb;
     fetchJson("feedback", body)
       .then(function () {
         entry.feedback = helpful ? "up" : "down";
