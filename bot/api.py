@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from bot.errors import error_response
@@ -21,6 +21,7 @@ from bot.matcher import Decision
 from bot.metrics import Metrics
 from bot.schemas import ChatRequest, EmbeddingsRequest, FeedbackRequest, SimilarityRequest
 from bot.service import ChatResult, FaqService
+from bot.suggestions import MAX_SUGGESTIONS
 from faq.errors import InvalidInputError
 from index.text import sanitize
 
@@ -124,6 +125,16 @@ async def feedback(body: FeedbackRequest, kbs: Kbs) -> dict[str, Any]:
     feedback_id, miss_id = await service.feedback(body.message, helpful=body.helpful, faq_id=body.faq_id,
                                                   session_id=body.session_id, channel=body.channel)
     return {"status": "success", "feedback_id": feedback_id, "miss_id": miss_id}
+
+
+@router.get("/suggestions", tags=["chat"])
+def suggestions(kbs: Kbs, kb: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=MAX_SUGGESTIONS)] = 6) -> dict[str, Any]:
+    """Welcome suggestions (猜你想问): the most answered questions of the last 7 days, else the KB's first FAQs."""
+    service = kbs.get(kb)
+    kbs.require_ready(service)
+    found = service.suggestions(limit)
+    return {"suggestions": [{"faq_id": s.faq_id, "question": s.question, "source": s.source} for s in found]}
 
 
 @router.post("/similarity", tags=["similarity"])

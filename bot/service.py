@@ -27,6 +27,7 @@ from bot.misswriter import ChatRow, MissWriter
 from bot.related import Related, RelatedFaqs
 from bot.settings import Settings
 from bot.store import MissRecord, Store, utcnow
+from bot.suggestions import Suggestion, Suggestions
 from faq import KnowledgeBase, load_kb
 from faq.errors import UnavailableError
 from index.calibration import Calibration
@@ -180,6 +181,7 @@ class FaqService:
             store or Store(settings.resolved_database_url, first_kb=settings.kb_name))
         self._index: FaqIndex | None = None
         self._matcher: Matcher | None = None
+        self._suggestions: Suggestions | None = None
         self.load_error: str | None = None
         self._swap_lock = threading.Lock()
         # Held while following CURRENT and while publishing here, so a slow refresh of an older
@@ -549,6 +551,12 @@ class FaqService:
             index_version=index_version,
             kb=self.kb_name,
         )
+
+    def suggestions(self, limit: int) -> list[Suggestion]:
+        """The welcome suggestions of the live index (bot.suggestions)."""
+        if self._suggestions is None:
+            self._suggestions = Suggestions(self.store)
+        return self._suggestions.for_matcher(self.matcher, limit)
 
     def similarity(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, float]]:
         """(cosine, percent) per pair, both sides encoded as queries (a symmetric comparison)."""

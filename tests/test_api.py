@@ -161,3 +161,16 @@ def test_a_worker_that_loads_before_serving_answers_its_first_connection(make_se
         first = post(base, "/chat", {"message": "你们能开发票吗"})
         assert first.status_code == 200, first.text
         assert first.json()["faq_id"] == "invoice"
+
+
+def test_suggestions_are_the_kbs_questions_most_asked_first(live_app: str) -> None:
+    for _ in range(3):
+        assert post(live_app, "/chat", {"message": "积分可以抵现吗"}).json()["faq_id"] == "member_points"
+    body = httpx.get(f"{live_app}/suggestions", params={"limit": 3}, timeout=30).json()
+    top = body["suggestions"]
+    assert top[0] == {"faq_id": "member_points", "question": "会员积分有什么用？", "source": "asked"}
+    assert len(top) == 3 and len({s["faq_id"] for s in top}) == 3
+    bad = httpx.get(f"{live_app}/suggestions", params={"limit": 0}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["status"] == "error"
+    unknown = httpx.get(f"{live_app}/suggestions", params={"kb": "nope"}, timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_kb"

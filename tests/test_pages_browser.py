@@ -640,3 +640,19 @@ def test_related_questions_are_chips_that_ask_them(browser, desk_site) -> None:
         nearest = ask(page, "怎么退货")
         assert nearest.locator(".fbw-related").get_attribute("data-source") == "nearest"
         assert nearest.locator(".fbw-chip").all_inner_texts() == ["怎么换货？", "退款多久能到账？"]
+
+
+def test_widget_without_data_suggestions_shows_the_servers(browser, site, host_page) -> None:
+    base = str(site["base"])
+    served = httpx.get(f"{base}/suggestions", params={"limit": 6}, timeout=30).json()["suggestions"]
+    assert served and len(served) <= 6
+    with new_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        page.goto(host_page)  # its script tag sets no data-suggestions
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        chips = page.locator(f"{WIDGET} .fbw-suggestions .fbw-chip")
+        chips.first.wait_for()
+        assert page.locator(f"{WIDGET} .fbw-suggestions-title").inner_text() == "猜你想问"
+        assert chips.all_inner_texts() == [s["question"] for s in served]
+        chips.first.click()
+        page.locator(f"{WIDGET} .fbw-match-question").wait_for()
+        assert page.locator(f"{WIDGET} .fbw-user").all_inner_texts() == [served[0]["question"]]

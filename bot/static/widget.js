@@ -4,7 +4,8 @@
  *   <script src="https://bot.example.com/widget.js" data-title="在线客服" defer></script>
  *
  * Optional attributes: data-title, data-greeting, data-color (#1677ff), data-position (right|left),
- * data-open (true), data-suggestions ("怎么退货|多久发货"), data-tags ("billing,shipping"),
+ * data-open (true), data-suggestions ("怎么退货|多久发货"; without it the server's GET /suggestions fills in),
+ * data-tags ("billing,shipping"),
  * data-channel (web), data-api (API base; default: where this script was loaded from),
  * data-kb (which knowledge base of a deployment serving several; default: its first).
  *
@@ -120,6 +121,18 @@
         if (!state.messages.length) renderHistory();
       })
       .catch(function () { /* defaults are fine; the first question will report a real network error */ });
+    // 猜你想问: the page's own data-suggestions win; else the server's (the week's most asked, or the KB's first).
+    if (!options.suggestions.length) {
+      fetchJson("suggestions?limit=6" + (kb ? "&kb=" + encodeURIComponent(kb) : ""), null)
+        .then(function (reply) {
+          var questions = ((reply && reply.suggestions) || []).map(function (s) { return String(s.question || ""); })
+            .filter(Boolean).slice(0, 6);
+          if (!questions.length || options.suggestions.length) return;
+          options.suggestions = questions;
+          if (!state.messages.length) renderHistory();
+        })
+        .catch(function () { /* no suggestions: the greeting alone is fine */ });
+    }
   }
   if (document.body) mount();
   else document.addEventListener("DOMContentLoaded", mount);
