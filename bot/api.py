@@ -78,6 +78,7 @@ def chat_response(result: ChatResult, service: FaqService) -> dict[str, Any]:
             f"\n{i}. {c.question}" for i, c in enumerate(decision.clarify, 1)
         )
     body["related"] = result.related.as_list() if decision.matched else []
+    body["context_used"] = result.context_used
     body["related_source"] = result.related.source if decision.matched else None
     body["handoff"] = result.handoff is not None
     if result.handoff is not None:

@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, *, encoder: Encoder | None = No
                                      settings.redis_cache_ttl_seconds)
         for kb_service in kbs:  # one encoder, one query cache for every KB
             kb_service.cache = cache
+            kb_service.context.shared = shared  # a follow-up may land on another replica
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

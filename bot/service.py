@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.batcher import BatchStats, Encoded, MicroBatcher, OverloadedError, SearchSpec, limit_faiss_threads
 from bot.cache import EmbeddingCache, ExactMatches
+from bot.context import SessionContext, is_followup, with_context
 from bot.handoff import ASKED, OFFERED, HandoffPhrases, LastTurn, SessionTurns, newer
 from bot.matcher import Decision, Matcher
 from bot.misswriter import ChatRow, MissWriter
@@ -143,6 +144,7 @@ class ChatResult:
     miss_logged: bool = True
     extra: dict[str, object] = field(default_factory=dict)
     handoff: str | None = None  # bot.handoff.ASKED or OFFERED: this turn offers a person
+    context_used: bool = False  # answered as a follow-up of the session's last question (bot.context)
     related: Related = field(default_factory=Related)  # questions to suggest after a matched answer
 
 
@@ -202,6 +204,7 @@ class FaqService:
         self.vector_sources = {"exact": 0, "cache": 0, "encoder": 0}
         self.handoff_phrases = HandoffPhrases()
         self.sessions = SessionTurns()
+        self.context = SessionContext()  # the app hands it Redis when configured
         self._related: RelatedFaqs | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -396,8 +399,14 @@ class FaqService:
         matcher = self.matcher  # one snapshot for the whole request, even if a reload swaps meanwhile
         clean = sanitize(message, self.settings.max_message_chars)
         decision = await self._adecide(clean, matcher, tags, top_k or self.settings.top_k)
+        asked_for_person = self.handoff_phrases.asks_for_person(clean)
+        decision, question = await self._with_context(clean, decision, matcher, session_id, tags, top_k,
+                                                      asked_for_person)
         answer = decision.faq.answer_for(channel) if decision.faq else None
         result = ChatResult(decision, clean, None, matcher.index.version, answer)
+        result.context_used = question != clean
+        if session_id and not asked_for_person:
+            self.context.remember(session_id, question)
         result.handoff = await self._handoff_for(clean, decision, session_id)
         if decision.faq is not None:
             result.related = self.related_faqs(matcher.index).for_faq(decision.faq, matcher.offered)
@@ -407,6 +416,20 @@ class FaqService:
         if log_turn:
             await self._log_turn(result, channel, session_id)
         return result
+
+    async def _with_context(self, clean: str, decision: Decision, matcher: Matcher, session_id: str | None,
+                            tags: Sequence[str] | None, top_k: int | None, asked_for_person: bool,
+                            ) -> tuple[Decision, str]:
+        """A short message that does not clear the decision alone, asked again after the session's last
+        question (bot.context); returns the decision to answer with and the question it stands for."""
+        if decision.matched or asked_for_person or not session_id or not is_followup(clean):
+            return decision, clean
+        previous = self.context.last(session_id)
+        if not previous:
+            return decision, clean
+        question = with_context(previous, clean)
+        combined = await self._adecide(question, matcher, tags, top_k or self.settings.top_k)
+        return (combined, question) if combined.matched else (decision, clean)
 
     def related_faqs(self, index: FaqIndex) -> RelatedFaqs:
         """The related-question finder of `index` (the live one's is kept; a request that started on an
