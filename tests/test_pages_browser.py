@@ -656,3 +656,37 @@ def test_widget_without_data_suggestions_shows_the_servers(browser, site, host_p
         chips.first.click()
         page.locator(f"{WIDGET} .fbw-match-question").wait_for()
         assert page.locator(f"{WIDGET} .fbw-user").all_inner_texts() == [served[0]["question"]]
+
+
+def test_admin_picks_among_the_kbs_its_token_may_see(browser, tmp_path) -> None:
+    from admin.web.app import build_app
+    from bot.settings import Settings
+    from tests.test_kbs import ADMIN, COURSES_KB, COURSES_TOKEN
+    from tests.test_pages import CharEncoder
+
+    shop, courses = tmp_path / "shop", tmp_path / "courses"
+    for folder, text in ((shop, TINY_KB), (courses, COURSES_KB)):
+        folder.mkdir()
+        (folder / "faq.yaml").write_text(text, encoding="utf-8")
+    settings = Settings(kb=f"shop={shop},courses={courses}", data_dir=tmp_path / "var", admin_token=ADMIN,
+                        kb_admin_tokens={"courses": COURSES_TOKEN}, rate_limit_enabled=False)
+    with serve_app(build_app(settings, encoder=CharEncoder())) as base, \
+            new_page(browser, viewport={"width": 1280, "height": 900}) as page:
+        page.goto(base + "/admin")
+        page.fill("#token", ADMIN)
+        page.get_by_role("button", name="进入后台").click()
+        picker = page.locator("#kb-picker")
+        picker.wait_for()
+        assert picker.locator("option").all_inner_texts() == ["shop", "courses"]
+        page.locator("#index-facts", has_text="5 条").wait_for()  # the shop KB
+        picker.select_option("courses")
+        page.locator("#index-facts", has_text="2 条").wait_for()
+        assert page.locator("#kb-picker").input_value() == "courses"
+        page.get_by_role("button", name="退出").click()
+        # A courses token sees its KB only: no picker, the courses index.
+        page.fill("#token", COURSES_TOKEN)
+        page.get_by_role("button", name="进入后台").click()
+        page.locator("#index-facts", has_text="2 条").wait_for()
+        assert page.locator("#kb-picker").count() == 0
+        own = httpx.get(f"{base}/admin/index", headers={"Authorization": f"Bearer {COURSES_TOKEN}"}, timeout=30).json()
+        assert own["kb"] == "courses" and own["kbs"] == ["courses"]

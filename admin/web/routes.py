@@ -219,7 +219,7 @@ def reload(request: Request, access: Access, body: Annotated[ReloadRequest, Depe
 
 
 @router.get("/index")
-def index_info(admin: Admin) -> dict[str, Any]:
+def index_info(admin: Admin, access: Access) -> dict[str, Any]:
     """The live index version (here and as published for every worker) and the last rebuild."""
     service = admin.service
     settings = service.settings
@@ -234,7 +234,8 @@ def index_info(admin: Admin) -> dict[str, Any]:
     return {
         "status": "success",
         "kb": service.kb_name,
-        "kbs": admin.kbs.names if admin.kbs is not None else [service.kb_name],
+        # The KBs this token may see (the admin page's picker): a KB token sees only its own.
+        "kbs": [access.kb] if access.kb is not None else (admin.kbs.names if admin.kbs is not None else [service.kb_name]),
         "version": live.version if live else None,
         "published_version": live_version(settings.layout),
         "built_at": live.meta.built_at if live else None,

@@ -10,6 +10,7 @@
   var TIME_ZONE = (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC";
 
   var token = null;
+  var currentKb = null; // the KB the page shows (several KBs: the picker in the index card)
   var missStatus = "open";
   var statsDays = 14;
   var knownFaqs = {}; // faq_id -> question, learned from candidates, stats and lint (for the "其他 FAQ" box)
@@ -59,6 +60,7 @@
 
   function logout(message) {
     token = null;
+    currentKb = null;
     sessionStorage.removeItem(TOKEN_KEY);
     $("admin-view").hidden = true;
     $("session-box").hidden = true;
@@ -68,10 +70,11 @@
     $("token").focus();
   }
 
-  // Every admin call: the token, and back to the login form if it stopped working.
+  // Every admin call: the token, the KB picked (with several), and back to the login form if it stopped working.
   function call(path, options) {
     options = options || {};
     options.token = token;
+    if (currentKb) path += (path.indexOf("?") < 0 ? "?" : "&") + "kb=" + encodeURIComponent(currentKb);
     return ui.api(path, options).catch(function (error) {
       if (error.status === 401) logout("令牌已失效或被更换，请重新输入。");
       throw error;
@@ -92,7 +95,24 @@
     });
   }
 
+  // With several KBs: a picker of the ones this token may see; switching reloads every section for that KB.
+  function kbPicker(info) {
+    var kbs = info.kbs || [];
+    if (kbs.length < 2) return null;
+    var select = h("select", { id: "kb-picker", "aria-label": "知识库" },
+      kbs.map(function (name) { return h("option", { value: name, selected: name === info.kb ? "" : null }, [name]); }));
+    select.addEventListener("change", function () {
+      currentKb = select.value;
+      loaded = { lint: false, stats: false };
+      knownFaqs = {};
+      refreshIndex();
+      loadMisses();
+    });
+    return h("div", { class: "fact" }, [h("span", { class: "fact-label" }, ["知识库"]), h("span", { class: "fact-value" }, [select])]);
+  }
+
   function renderIndex(info) {
+    currentKb = info.kb || currentKb;
     $("version-pill").textContent = info.version ? "索引 " + shortVersion(info.version) : "索引未加载";
     $("version-pill").title = info.version || "";
     var kbState;
@@ -107,6 +127,8 @@
       fact("编码器", info.encoder ? info.encoder.name : "—", info.encoder ? info.encoder.fingerprint : ""),
       h("div", { class: "fact" }, [h("span", { class: "fact-label" }, ["知识库"]), h("span", { class: "fact-value" }, [kbState])]),
     ];
+    var picker = kbPicker(info);
+    if (picker) facts.unshift(picker);
     if (last) {
       facts.push(fact("上次重建", rebuildStatusText(last.status) + " · " + formatTime(last.finished_at), last.message));
     }
