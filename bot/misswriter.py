@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from bot.store import MissRecord, Store, chat_log, miss_row, misses, utcnow
+from index.datadir import DEFAULT_KB
 
 log = logging.getLogger("faqbot")
 
@@ -47,6 +48,7 @@ class ChatRow:
     faq_id: str | None
     similarity: float | None
     handoff: str | None = None
+    kb: str = DEFAULT_KB
 
 
 @dataclass
@@ -208,7 +210,7 @@ class MissWriter:
                         chat_rows.append({"created_at": turn.created_at, "channel": chat.channel,
                                           "session_id": chat.session_id, "matched": chat.matched,
                                           "faq_id": chat.faq_id, "similarity": chat.similarity, "miss_id": miss_id,
-                                          "handoff": chat.handoff})
+                                          "handoff": chat.handoff, "kb": chat.kb})
                 if chat_rows:
                     conn.execute(insert(chat_log), chat_rows)
         except Exception as exc:  # any database failure: fail the waiting misses, keep chat rows for a retry

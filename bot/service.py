@@ -204,7 +204,7 @@ class FaqService:
         self.vector_sources = {"exact": 0, "cache": 0, "encoder": 0}
         self.handoff_phrases = HandoffPhrases()
         self.sessions = SessionTurns()
-        self.context = SessionContext()  # the app hands it Redis when configured
+        self.context = SessionContext(kb=self.kb_name)  # the app hands it Redis when configured
         self._related: RelatedFaqs | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -406,7 +406,7 @@ class FaqService:
         result = ChatResult(decision, clean, None, matcher.index.version, answer)
         result.context_used = question != clean
         if session_id and not asked_for_person:
-            self.context.remember(session_id, question)
+            self.context.remember(session_id, question, decision.faq.id if decision.matched and decision.faq else None)
         result.handoff = await self._handoff_for(clean, decision, session_id)
         if decision.faq is not None:
             result.related = self.related_faqs(matcher.index).for_faq(decision.faq, matcher.offered)
@@ -425,11 +425,12 @@ class FaqService:
         if decision.matched or asked_for_person or not session_id or not is_followup(clean):
             return decision, clean
         previous = self.context.last(session_id)
-        if not previous:
+        if previous is None:
             return decision, clean
-        question = with_context(previous, clean)
+        question = with_context(previous[0], clean)
         combined = await self._adecide(question, matcher, tags, top_k or self.settings.top_k)
-        return (combined, question) if combined.matched else (decision, clean)
+        adds_something = combined.matched and combined.faq is not None and combined.faq.id != previous[1]
+        return (combined, question) if adds_something else (decision, clean)
 
     def related_faqs(self, index: FaqIndex) -> RelatedFaqs:
         """The related-question finder of `index` (the live one's is kept; a request that started on an
@@ -444,7 +445,7 @@ class FaqService:
         if not session_id or not _is_miss(decision):
             return None
         try:
-            stored = await asyncio.to_thread(self.store.last_turn, session_id)
+            stored = await asyncio.to_thread(self.store.last_turn, session_id, self.kb_name)
         except STORE_REFUSED as exc:  # the database is only a second opinion: this process's memory decides
             log.warning("handoff: the chat log could not be read (%s)", exc)
             stored = None
@@ -534,7 +535,8 @@ class FaqService:
         A request for a person is no miss: nothing an FAQ could have answered."""
         chat = ChatRow(channel=channel, session_id=session_id, matched=decision.matched,
                        faq_id=decision.faq.id if decision.faq else None,
-                       similarity=decision.best.similarity if decision.best else None, handoff=handoff)
+                       similarity=decision.best.similarity if decision.best else None, handoff=handoff,
+                       kb=self.kb_name)
         is_miss = not decision.matched and handoff != ASKED
         miss = self.miss_record(clean, decision, channel, session_id, index_version) if is_miss else None
         recorded = self._hand_over(chat, miss)
@@ -578,7 +580,7 @@ class FaqService:
     def suggestions(self, limit: int) -> list[Suggestion]:
         """The welcome suggestions of the live index (bot.suggestions)."""
         if self._suggestions is None:
-            self._suggestions = Suggestions(self.store)
+            self._suggestions = Suggestions(self.store, kb=self.kb_name)
         return self._suggestions.for_matcher(self.matcher, limit)
 
     def similarity(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, float]]:

@@ -81,6 +81,7 @@ chat_log = Table(
     Column("similarity", Float),
     Column("miss_id", Integer),
     Column("handoff", String(16)),  # asked | offered (bot.handoff), else null
+    Column("kb", String(32), nullable=False, server_default=DEFAULT_KB, index=True),  # bot/migrations 0004
     # A session's last turn is read on every miss (bot.handoff: two misses in a row offer a person).
     Index("ix_chat_log_session_created", "session_id", "created_at"),
 )
@@ -125,6 +126,11 @@ dead_letters = Table(
     Column("attempts", Integer, nullable=False),
     Column("error", Text, nullable=False),
 )
+
+
+def _of_kb(table: Table, kb: str | None) -> tuple[Any, ...]:
+    """The WHERE clause that keeps one KB's rows (none: every KB's)."""
+    return () if kb is None else (table.c.kb == kb,)
 
 
 def utcnow() -> datetime:
@@ -241,18 +247,19 @@ class Store:
             return int(result.inserted_primary_key[0])
 
     def log_chat(self, *, channel: str, session_id: str | None, matched: bool, faq_id: str | None,
-                 similarity: float | None, miss_id: int | None, handoff: str | None = None) -> None:
+                 similarity: float | None, miss_id: int | None, handoff: str | None = None,
+                 kb: str = DEFAULT_KB) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(chat_log).values(created_at=utcnow(), channel=channel, session_id=session_id,
                                                  matched=matched, faq_id=faq_id, similarity=similarity, miss_id=miss_id,
-                                                 handoff=handoff))
+                                                 handoff=handoff, kb=kb))
 
-    def last_turn(self, session_id: str) -> tuple[datetime, bool] | None:
+    def last_turn(self, session_id: str, kb: str | None = None) -> tuple[datetime, bool] | None:
         """(when, was it a miss) of the session's newest chat-log row; a miss is a logged
         below-threshold question (a clarify or a request for a person is none)."""
         query = (select(chat_log.c.created_at, misses.c.reason, chat_log.c.handoff)
                  .select_from(chat_log.outerjoin(misses, misses.c.id == chat_log.c.miss_id))
-                 .where(chat_log.c.session_id == session_id)
+                 .where(chat_log.c.session_id == session_id, *_of_kb(chat_log, kb))
                  .order_by(chat_log.c.created_at.desc(), chat_log.c.id.desc()).limit(1))
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
@@ -317,12 +324,13 @@ class Store:
                                      resolved_at=utcnow()))
             return ids
 
-    def miss_status_counts(self) -> dict[str, int]:
-        query = select(misses.c.status, func.count()).group_by(misses.c.status)
+    def miss_status_counts(self, kb: str | None = None) -> dict[str, int]:
+        query = select(misses.c.status, func.count()).where(*_of_kb(misses, kb)).group_by(misses.c.status)
         with self.engine.connect() as conn:
             return {str(status): int(n) for status, n in conn.execute(query)}
 
-    def chat_counts_by_hour(self, since: datetime, until: datetime) -> list[tuple[datetime, int, int, int]]:
+    def chat_counts_by_hour(self, since: datetime, until: datetime,
+                            kb: str | None = None) -> list[tuple[datetime, int, int, int]]:
         """(UTC hour, questions, answered, handoffs) for every hour with traffic; callers fold hours into local days.
 
         A request for a person that no FAQ answered is a handoff, not a question (nor a miss).
@@ -337,7 +345,7 @@ class Store:
         handoffs = func.sum(case((chat_log.c.handoff.is_not(None), 1), else_=0))
         query = (select(hour.label("hour"), questions.label("questions"), answered.label("answered"),
                         handoffs.label("handoffs"))
-                 .where(chat_log.c.created_at >= since, chat_log.c.created_at < until)
+                 .where(chat_log.c.created_at >= since, chat_log.c.created_at < until, *_of_kb(chat_log, kb))
                  .group_by(hour).order_by(hour))
         out = []
         with self.engine.connect() as conn:
@@ -347,27 +355,31 @@ class Store:
                             int(n_answered or 0), int(n_handoffs or 0)))
         return out
 
-    def handoffs_after(self, since: datetime, until: datetime) -> list[tuple[str, str | None, int]]:
+    def handoffs_after(self, since: datetime, until: datetime,
+                       kb: str | None = None) -> list[tuple[str, str | None, int]]:
         """(handoff kind, the FAQ answered last before it in its session or None, count) in the window."""
         earlier = chat_log.alias("earlier")
         answered_before = (select(earlier.c.faq_id)
-                           .where(earlier.c.session_id == chat_log.c.session_id, earlier.c.matched.is_(True),
+                           .where(earlier.c.session_id == chat_log.c.session_id, earlier.c.kb == chat_log.c.kb,
+                                  earlier.c.matched.is_(True),
                                   (earlier.c.created_at < chat_log.c.created_at)
                                   | ((earlier.c.created_at == chat_log.c.created_at) & (earlier.c.id < chat_log.c.id)))
                            .order_by(earlier.c.created_at.desc(), earlier.c.id.desc()).limit(1)
                            .correlate(chat_log).scalar_subquery())
         before = case((chat_log.c.session_id.is_(None), None), else_=answered_before).label("before")
         inner = (select(chat_log.c.handoff.label("kind"), before)
-                 .where(chat_log.c.handoff.is_not(None), chat_log.c.created_at >= since, chat_log.c.created_at < until)
+                 .where(chat_log.c.handoff.is_not(None), chat_log.c.created_at >= since, chat_log.c.created_at < until,
+                        *_of_kb(chat_log, kb))
                  .subquery())
         query = select(inner.c.kind, inner.c.before, func.count()).group_by(inner.c.kind, inner.c.before)
         with self.engine.connect() as conn:
             return [(str(kind), before_id, int(n)) for kind, before_id, n in conn.execute(query)]
 
-    def top_matched_faqs(self, since: datetime, until: datetime, limit: int = 10) -> list[tuple[str, int]]:
+    def top_matched_faqs(self, since: datetime, until: datetime, limit: int = 10,
+                         kb: str | None = None) -> list[tuple[str, int]]:
         query = (select(chat_log.c.faq_id, func.count().label("n"))
                  .where(chat_log.c.matched.is_(True), chat_log.c.faq_id.is_not(None),
-                        chat_log.c.created_at >= since, chat_log.c.created_at < until)
+                        chat_log.c.created_at >= since, chat_log.c.created_at < until, *_of_kb(chat_log, kb))
                  .group_by(chat_log.c.faq_id).order_by(func.count().desc(), chat_log.c.faq_id).limit(limit))
         with self.engine.connect() as conn:
             return [(str(faq_id), int(n)) for faq_id, n in conn.execute(query)]

@@ -31,8 +31,9 @@ class Suggestion:
 class Suggestions:
     """The welcome suggestions of the live index, recounted at most once a minute."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, kb: str | None = None) -> None:
         self.store = store
+        self.kb = kb  # count this KB's turns only (None: every KB's)
         self._lock = threading.Lock()
         self._cached: tuple[str, float, list[tuple[str, int]]] | None = None
 
@@ -42,7 +43,8 @@ class Suggestions:
         if cached is not None and cached[0] == version and time.monotonic() - cached[1] < CACHE_SECONDS:
             return cached[2]
         now = utcnow()
-        counts = self.store.top_matched_faqs(now - WINDOW, now + timedelta(seconds=1), limit=4 * MAX_SUGGESTIONS)
+        counts = self.store.top_matched_faqs(now - WINDOW, now + timedelta(seconds=1), limit=4 * MAX_SUGGESTIONS,
+                                           kb=self.kb)
         with self._lock:
             self._cached = (version, time.monotonic(), counts)
         return counts

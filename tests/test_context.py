@@ -59,11 +59,17 @@ def test_a_long_question_never_borrows_context(service: FaqService) -> None:
     assert not long.decision.matched and not long.context_used
 
 
+def test_a_short_unrelated_message_does_not_bring_the_last_answer_back(service: FaqService) -> None:
+    assert ask(service, "国内快递几天能到？").decision.faq.id == "domestic"
+    weather = ask(service, "今天天气好吗")  # with the last question in front it would read as "domestic" again
+    assert not weather.decision.matched and not weather.context_used
+
+
 def test_context_lives_twenty_minutes_and_is_per_session() -> None:
     now = [1000.0]
     context = SessionContext(clock=lambda: now[0])
-    context.remember("a", "国内快递几天能到")
-    assert context.last("a") == "国内快递几天能到" and context.last("b") is None
+    context.remember("a", "国内快递几天能到", "domestic")
+    assert context.last("a") == ("国内快递几天能到", "domestic") and context.last("b") is None
     now[0] += CONTEXT_SECONDS + 1
     assert context.last("a") is None
     assert is_followup("还有呢？") and is_followup("要多久") and not is_followup("？") and not is_followup("请问发票抬头写错了怎么办")

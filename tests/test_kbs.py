@@ -4,6 +4,7 @@ admin tokens, on a real uvicorn with real SQLite and FAISS (a bag-of-characters 
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -196,7 +197,17 @@ def test_misses_and_admin_tokens_are_per_kb(multi_server) -> None:
     assert resolve.status_code == 404
     reload = httpx.post(base + "/admin/reload", json={"kb": "shop"}, headers=_admin(COURSES_TOKEN), timeout=30)
     assert reload.status_code == 403
-    assert httpx.get(base + "/admin/stats", headers=_admin(COURSES_TOKEN), timeout=10).status_code == 403
+    assert httpx.get(base + "/admin/stats", params={"kb": "shop"}, headers=_admin(COURSES_TOKEN),
+                     timeout=10).status_code == 403
+    # Stats are per KB too (chat_log.kb): each KB counts its own question.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # chat-log rows are committed in batches, a moment after the answer
+        mine_stats = httpx.get(base + "/admin/stats", headers=_admin(COURSES_TOKEN), timeout=30).json()
+        shop_stats = httpx.get(base + "/admin/stats", params={"kb": "shop"}, headers=_admin(ADMIN), timeout=30).json()
+        if mine_stats["totals"]["questions"] and shop_stats["totals"]["questions"]:
+            break
+        time.sleep(0.1)
+    assert mine_stats["totals"]["questions"] == 1 and shop_stats["totals"]["questions"] == 1
     shop_row = httpx.get(f"{base}/admin/misses/{shop_miss}", params={"kb": "shop"}, headers=_admin(ADMIN), timeout=10)
     assert shop_row.json()["miss"]["status"] == "open"  # nothing changed
 

@@ -53,9 +53,10 @@ def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: 
     since = datetime.combine(first_day, datetime.min.time(), tzinfo=local).astimezone(UTC)
     until = now.astimezone(UTC) + timedelta(seconds=1)
     store = service.store
+    kb = service.kb_name  # one deployment may serve several KBs: these are this one's turns
 
     per_day = {first_day + timedelta(days=i): [0, 0, 0] for i in range(days)}
-    for hour, questions, answered, handoffs in store.chat_counts_by_hour(since, until):
+    for hour, questions, answered, handoffs in store.chat_counts_by_hour(since, until, kb):
         day = hour.astimezone(local).date()
         if day in per_day:
             per_day[day][0] += questions
@@ -73,7 +74,7 @@ def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: 
         return faq.question if faq else None
 
     top_faqs = [{"faq_id": fid, "question": question_of(fid), "count": n}
-                for fid, n in store.top_matched_faqs(since, until, top)]
+                for fid, n in store.top_matched_faqs(since, until, top, kb=kb)]
     feedback_rows = store.feedback_counts(since, until)
     thumbs_down = sorted(({"faq_id": fid, "question": question_of(fid), "thumbs_down": down, "thumbs_up": up}
                           for fid, up, down in feedback_rows if down),
@@ -84,8 +85,8 @@ def compute_stats(service: FaqService, *, days: int = 14, tz: str = "UTC", top: 
         clusters = cluster_misses(service, open_rows, cache=cache)["clusters"][:top]
         top_misses = [{"id": c["id"], "representative": c["representative"], "count": c["count"],
                        "best": c["candidates"][0] if c["candidates"] else None} for c in clusters]
-    handoffs = _handoffs(store.handoffs_after(since, until), question_of)
-    status_counts = store.miss_status_counts()
+    handoffs = _handoffs(store.handoffs_after(since, until, kb), question_of)
+    status_counts = store.miss_status_counts(kb)
     return {
         "tz": tz,
         "since": since.astimezone(local).isoformat(timespec="seconds"),
