@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         {}, description="Admin tokens that see one KB each (JSON object `{\"courses\": \"token...\"}`); "
         "`FAQBOT_ADMIN_TOKEN` sees every KB."
     )
+    channel_kbs: dict[str, str] = Field(
+        {}, description="The KB each messaging channel answers from (JSON `{\"wecom\": \"courses\"}`); unset channels use the first KB."
+    )
     auto_build: bool = Field(True, description="Build the index at start-up when it is missing or stale (else refuse to serve it).")
     watch_kb: bool = Field(
         False, description="Rebuild the index (gated by the golden questions, like `POST /admin/reload`) when a KB file changes; polls every 2 s."
@@ -185,6 +188,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"FAQBOT_KB_ADMIN_TOKENS: no KB named {name!r} (KBs: {', '.join(self._kbs)})")
             if len(token.get_secret_value()) < 12:
                 raise ValueError(f"FAQBOT_KB_ADMIN_TOKENS: the token of {name!r} must be at least 12 characters")
+        for channel, name in self.channel_kbs.items():
+            if name not in self._kbs:
+                raise ValueError(f"FAQBOT_CHANNEL_KBS: channel {channel!r} names no KB {name!r} (KBs: {', '.join(self._kbs)})")
         return self
 
     @property

@@ -266,3 +266,21 @@ def test_two_shipped_kbs_answer_their_own_paraphrases_with_the_real_encoder(bund
         question = services[1].index.faqs[0].question
         courses = _chat(base, "请问" + question.rstrip("？?") + "呢", "courses").json()
         assert courses["matched"] and courses["faq_id"] == services[1].index.faqs[0].id
+
+
+def test_a_channel_answers_from_the_kb_its_settings_name(kb_dirs: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    from tests.channels_platforms import GENERIC_SECRET, generic_headers
+
+    kbs = {"shop": kb_dirs["shop"], "courses": kb_dirs["courses"]}
+    settings = Settings(kb=_kb_value(kbs), data_dir=tmp_path / "var", threshold=0.95, rate_limit_enabled=False,
+                        webhook_secret=GENERIC_SECRET, channel_kbs={"generic": "courses"})
+    with serve_app(build_app(settings, encoder=CharEncoder())) as base:
+        body = json.dumps({"message": "课程怎么报名？", "session_id": "u1"}, ensure_ascii=False).encode()
+        reply = httpx.post(base + "/webhooks/generic", content=body, headers=generic_headers(GENERIC_SECRET, body),
+                           timeout=30).json()
+        assert reply["matched"] is True and reply["faq_id"] == "enroll"  # the courses KB, not the first (shop)
+        assert _chat(base, "课程怎么报名？").json()["matched"] is False  # /chat without kb: still the first KB
+    with pytest.raises(ValueError, match="FAQBOT_CHANNEL_KBS"):
+        Settings(kb=_kb_value(kbs), data_dir=tmp_path / "var", channel_kbs={"generic": "nosuch"})

@@ -51,6 +51,7 @@ def install_channels(app: FastAPI) -> None:
         events=EventLog(service.store, settings.webhook_event_ttl_seconds),
         sender=Sender(service.store, RetryPolicy(settings.outbound_timeout_seconds, settings.outbound_attempts,
                                                  settings.outbound_backoff_seconds)),
+        kbs=getattr(app.state, "kbs", None),
     )
     channels = {cls.name: cls(context) for cls in CHANNEL_TYPES if cls.enabled(settings)}
     app.state.channels = channels

@@ -25,6 +25,7 @@ from bot.api import answer_label, chat_response
 from bot.channels.events import EventLog
 from bot.channels.sender import Sender
 from bot.errors import BadRequestError, ForbiddenError, MethodNotAllowedError, UnauthorizedError
+from bot.kbs import KnowledgeBases
 from bot.metrics import Metrics
 from bot.service import FaqService
 from bot.settings import Settings
@@ -85,6 +86,7 @@ class ChannelContext:
     events: EventLog
     sender: Sender
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    kbs: KnowledgeBases | None = None  # several KBs: FAQBOT_CHANNEL_KBS points a channel at one
 
 
 class Channel(ABC):
@@ -118,13 +120,19 @@ class Channel(ABC):
         if not await self.context.events.claim_signature(self.name, signature):
             raise replayed_request()
 
+    @property
+    def service(self) -> FaqService:
+        """The KB this channel answers from: FAQBOT_CHANNEL_KBS names one, else the first."""
+        name = self.context.settings.channel_kbs.get(self.name)
+        return self.context.kbs.get(name) if self.context.kbs is not None and name else self.context.service
+
     def require_ready(self) -> None:
         """503 before the index is loaded, so the platform retries instead of getting no answer."""
-        self.context.service.require_ready()
+        self.service.require_ready()
 
     async def ask(self, text: str, *, session_id: str | None) -> Answer:
         """The same decision /chat makes (threshold, miss log with channel=<platform>)."""
-        service = self.context.service
+        service = self.service
         if not sanitize(text):
             return Answer(EMPTY_MESSAGE_REPLY)
         self.require_ready()
