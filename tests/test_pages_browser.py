@@ -658,20 +658,38 @@ def test_widget_without_data_suggestions_shows_the_servers(browser, site, host_p
         assert page.locator(f"{WIDGET} .fbw-user").all_inner_texts() == [served[0]["question"]]
 
 
-def test_admin_picks_among_the_kbs_its_token_may_see(browser, tmp_path) -> None:
+@contextlib.contextmanager
+def two_kb_site(root: Path) -> Iterator[str]:
+    """faqbot serving a shop KB (first) and a courses KB, with a global and a courses-only admin token."""
     from admin.web.app import build_app
     from bot.settings import Settings
     from tests.test_kbs import ADMIN, COURSES_KB, COURSES_TOKEN
     from tests.test_pages import CharEncoder
 
-    shop, courses = tmp_path / "shop", tmp_path / "courses"
+    shop, courses = root / "shop", root / "courses"
     for folder, text in ((shop, TINY_KB), (courses, COURSES_KB)):
         folder.mkdir()
         (folder / "faq.yaml").write_text(text, encoding="utf-8")
-    settings = Settings(kb=f"shop={shop},courses={courses}", data_dir=tmp_path / "var", admin_token=ADMIN,
+    settings = Settings(kb=f"shop={shop},courses={courses}", data_dir=root / "var", admin_token=ADMIN, threshold=0.95,
                         kb_admin_tokens={"courses": COURSES_TOKEN}, rate_limit_enabled=False)
-    with serve_app(build_app(settings, encoder=CharEncoder())) as base, \
-            new_page(browser, viewport={"width": 1280, "height": 900}) as page:
+    with serve_app(build_app(settings, encoder=CharEncoder())) as base:
+        yield base
+
+
+def test_widget_data_kb_asks_that_kb(browser, tmp_path) -> None:
+    with two_kb_site(tmp_path) as base, new_page(browser, viewport={"width": 1280, "height": 900}) as page:
+        page.goto(base + "/")  # the demo page: its widget asks the first KB
+        page.set_content(f'<!doctype html><html><body><script src="{base}/widget.js" data-kb="courses" '
+                         f'data-suggestions="课程怎么报名？"></script></body></html>')
+        page.locator(f"{WIDGET} .fbw-launcher").click()
+        reply = ask(page, "课程怎么报名？")
+        assert reply.locator(".fbw-match-question").inner_text() == "匹配问题：课程怎么报名？"
+
+
+def test_admin_picks_among_the_kbs_its_token_may_see(browser, tmp_path) -> None:
+    from tests.test_kbs import ADMIN, COURSES_TOKEN
+
+    with two_kb_site(tmp_path) as base, new_page(browser, viewport={"width": 1280, "height": 900}) as page:
         page.goto(base + "/admin")
         page.fill("#token", ADMIN)
         page.get_by_role("button", name="进入后台").click()
