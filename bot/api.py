@@ -170,7 +170,8 @@ def embeddings(body: EmbeddingsRequest, service: Service) -> dict[str, Any]:
     texts = [require_text(t, f"input[{i}]", limit) for i, t in enumerate(texts)]
     encoder = service.encoder
     clean = [sanitize(t) for t in texts]
-    vectors = encoder.encode_queries(clean) if body.input_type == "query" else encoder.encode_passages(clean)
+    # Queries go the way /chat's do (exact matches, the cache, the encoder worker's queue and batches).
+    vectors = service.encode_queries(clean) if body.input_type == "query" else encoder.encode_passages(clean)
     tokens = sum(len(t) for t in clean)  # characters as a cheap, deterministic usage figure
     return {
         "object": "list",

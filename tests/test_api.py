@@ -121,6 +121,19 @@ def test_embeddings_openai_shape(live_app: str) -> None:
     assert body["data"][1]["index"] == 1 and len(body["data"][0]["embedding"]) == 384
     single = post(live_app, "/v1/embeddings", {"input": "你好"}).json()
     assert len(single["data"]) == 1
+    # Queries take /chat's path: a question asked in /chat is a cache hit here, the same vector.
+    post(live_app, "/chat", {"message": "明天上海会下雨吗"})
+    before = httpx.get(f"{live_app}/metrics", timeout=10).text
+    again = post(live_app, "/v1/embeddings", {"input": "明天上海会下雨吗", "input_type": "query"}).json()
+    after = httpx.get(f"{live_app}/metrics", timeout=10).text
+    assert len(again["data"][0]["embedding"]) == 384
+    assert cache_hits(after) == cache_hits(before) + 1
+
+
+def cache_hits(metrics: str) -> float:
+    """The /metrics count of questions answered from the embedding cache."""
+    lines = [line for line in metrics.splitlines() if line.startswith('faqbot_query_vectors_total{source="cache"}')]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def test_thumbs_down_is_logged_as_a_miss(live_app: str, tmp_path: Path) -> None:
