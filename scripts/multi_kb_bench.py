@@ -16,6 +16,7 @@ picked among several, so most requests reach the encoder and some hit the query 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -91,11 +92,9 @@ def serve(kbs: dict[str, Path], data_dir: Path, port: int, ready_seconds: float 
     while time.monotonic() - started < ready_seconds:
         if proc.poll() is not None:
             raise RuntimeError(f"faqbot serve exited {proc.returncode}: see {data_dir / 'serve.log'}")
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet: ask again
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
                 return proc, time.monotonic() - started
-        except httpx.HTTPError:
-            pass
         time.sleep(0.2)
     proc.kill()
     raise TimeoutError("not ready")
