@@ -137,6 +137,18 @@ def serve_app(app) -> Iterator[str]:
         yield base
 
 
+@contextlib.contextmanager
+def serve_kb_text(root: Path, kb_text: str, encoder) -> Iterator[str]:
+    """The full app serving one KB written from `kb_text` under `root` (its data dir beside it)."""
+    from admin.web.app import build_app
+    from bot.settings import Settings
+
+    (root / "kb").mkdir()
+    (root / "kb" / "faq.yaml").write_text(kb_text, encoding="utf-8")
+    with serve_app(build_app(Settings(kb=root / "kb", data_dir=root / "var"), encoder=encoder)) as base:
+        yield base
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, tiny_kb: Path):
     """Settings for a test: the tiny KB, a temp data dir; keyword overrides on top."""

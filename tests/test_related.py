@@ -12,7 +12,7 @@ import pytest
 
 from admin.curation.kb_edit import add_paraphrases
 from faq import KBError, load_kb
-from tests.conftest import TINY_KB, serve_app
+from tests.conftest import TINY_KB, serve_kb_text
 from tests.desk_kb import DESK_KB
 
 
@@ -75,13 +75,7 @@ def test_admin_yaml_edit_round_trips_related_and_its_comment(tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def desk(tmp_path_factory, bundled_encoder) -> Iterator[str]:
-    from admin.web.app import build_app
-    from bot.settings import Settings
-
-    root = tmp_path_factory.mktemp("related")
-    (root / "kb").mkdir()
-    (root / "kb" / "faq.yaml").write_text(DESK_KB, encoding="utf-8")
-    with serve_app(build_app(Settings(kb=root / "kb", data_dir=root / "var"), encoder=bundled_encoder)) as base:
+    with serve_kb_text(tmp_path_factory.mktemp("related"), DESK_KB, bundled_encoder) as base:
         yield base
 
 

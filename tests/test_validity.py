@@ -15,7 +15,7 @@ import pytest
 from admin.cli.main import main
 from admin.curation.lint import validity_findings
 from faq import KBError, load_kb
-from tests.conftest import TINY_KB, serve_app
+from tests.conftest import TINY_KB, serve_kb_text
 from tests.desk_kb import DESK_KB
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -101,18 +101,12 @@ def shanghai_today() -> date:
 @pytest.fixture(scope="module")
 def windowed(tmp_path_factory, bundled_encoder) -> Iterator[str]:
     """The desk KB served with shipping_time expired yesterday and member_points starting tomorrow."""
-    from admin.web.app import build_app
-    from bot.settings import Settings
-
     today = shanghai_today()
     text = with_window(DESK_KB, "    tags: [shipping]\n", f"    valid_to: {today - timedelta(days=1)}\n")
     text = with_window(text, "    tags: [membership]\n", f"    valid_from: {today + timedelta(days=1)}\n")
     text = with_window(text, "    tags: [billing]\n", f"    valid_from: {today - timedelta(days=1)}\n"
                                                       f"    valid_to: {today + timedelta(days=30)}\n")
-    root = tmp_path_factory.mktemp("validity")
-    (root / "kb").mkdir()
-    (root / "kb" / "faq.yaml").write_text(text, encoding="utf-8")
-    with serve_app(build_app(Settings(kb=root / "kb", data_dir=root / "var"), encoder=bundled_encoder)) as base:
+    with serve_kb_text(tmp_path_factory.mktemp("validity"), text, bundled_encoder) as base:
         yield base
 
 
