@@ -74,11 +74,23 @@ class RelatedFaqs:
             return ()
         cosines = self._questions @ self._questions[pos]
         cosines[pos] = -np.inf
-        order = np.argsort(-cosines, kind="stable")[:NEAREST_POOL]
+        order = _closest(cosines, NEAREST_POOL)
         found = tuple(self._faq_ids[j] for j in order if cosines[j] > self.line)
         with self._lock:
             self._nearest[faq_id] = found
         return found
+
+
+def _closest(cosines: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the `n` largest cosines, largest first, ties by index (as a stable full sort would give):
+    a partition first, so an answer in a large KB does not sort every question (~0.3 ms at 3,000)."""
+    if len(cosines) > n:
+        pool = np.argpartition(-cosines, n - 1)[:n]
+        cut = cosines[pool].min()
+        pool = np.flatnonzero(cosines >= cut)  # every tie at the cut, so the index order decides among them
+    else:
+        pool = np.arange(len(cosines))
+    return pool[np.lexsort((pool, -cosines[pool]))][:n]
 
 
 def _kb_line(questions: np.ndarray) -> float:

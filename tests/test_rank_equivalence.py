@@ -18,7 +18,7 @@ from scipy import sparse
 from faq import FAQ, KnowledgeBase, load_kb
 from index.calibration import CALIBRATION_DIR, Calibration
 from index.faq_index import FaqIndex, Ranking, build_index
-from index.lexical import LexicalIndex
+from index.lexical import CharVector, LexicalIndex
 
 SAMPLE_KB = Path(__file__).resolve().parents[1] / "faq" / "sample"
 
@@ -60,10 +60,11 @@ def _old_best_rows(self: FaqIndex, row_scores: np.ndarray, row_ids: np.ndarray, 
     return positions, np.asarray(dense, dtype=np.float64), matched
 
 
-def _old_scores(self: LexicalIndex, query: sparse.csr_matrix, rows: np.ndarray) -> np.ndarray:
+def _old_scores(self: LexicalIndex, query: CharVector, rows: np.ndarray) -> np.ndarray:
     if rows.size == 0 or query.nnz == 0:
         return np.zeros(rows.size, dtype=np.float32)
-    return np.asarray((self.rows[rows] @ query.T).todense(), dtype=np.float32).ravel()
+    matrix = sparse.csr_matrix((query.data, query.indices, [0, query.nnz]), shape=(1, self.rows.shape[1]))
+    return np.asarray((self.rows[rows] @ matrix.T).todense(), dtype=np.float32).ravel()
 
 
 def _kb() -> KnowledgeBase:
@@ -118,7 +119,7 @@ def test_lexical_scores_are_bit_identical_on_any_row_selection(index: FaqIndex) 
     lexical = index.lexical
     rng = np.random.default_rng(3)
     for text in ("怎么退货", "发票", "会员积分能抵现吗？", index.row_text[5], "无关"):
-        query = lexical.queries([text])
+        (query,) = lexical.queries([text])
         rows = rng.integers(0, len(index.row_text), size=400)
         assert np.array_equal(lexical.scores(query, rows), _old_scores(lexical, query, rows))
         assert lexical.scores(query, np.zeros(0, np.int64)).shape == (0,)

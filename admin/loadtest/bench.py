@@ -89,6 +89,8 @@ class QuestionStreams:
         first.pop("", None)
         self.questions = list(first.values())
         self.kb_texts = [t.rstrip("？?。.!！") for t in (self.questions or kb_texts)]
+        self.faq_texts = [t for t in kb_texts if t.strip()]  # asked verbatim: the exact-match path, no encoder
+        self._exact_at = 0
         self.seed = seed
         self._serial = 0
         rng = random.Random(seed)
@@ -115,6 +117,11 @@ class QuestionStreams:
             return self.questions[n - 1]
         core = self.kb_texts[(n * 7919) % len(self.kb_texts)]
         return f"{OPENERS[n % len(OPENERS)]}{core}，订单{100000 + n}{CLOSERS[(n // 8) % len(CLOSERS)]}"
+
+    def exact(self) -> str:
+        """The KB's own texts in turn: /chat without the encoder (the server's own cost per request)."""
+        self._exact_at += 1
+        return self.faq_texts[(self._exact_at - 1) % len(self.faq_texts)]
 
     def zipf(self) -> str:
         import bisect
@@ -359,7 +366,7 @@ def run_phase(base: str, server: str, stream: str, source: QuestionStreams, conc
               seconds: float, profile: bool = True) -> Phase:
     """One phase; `profile=False` when /metrics is per worker process (a scrape reaches any one of them)."""
     phase = Phase(server, stream, concurrency, seconds)
-    questions = _endless(source.unique if stream == "unique" else source.zipf)
+    questions = _endless({"unique": source.unique, "exact": source.exact}.get(stream, source.zipf))
     before = _scrape(base) if profile else {}
     asyncio.run(_load(base, questions, concurrency, seconds, phase))
     if profile:
@@ -390,6 +397,10 @@ def bench_server(label: str, base: str, pid: int | None, source: QuestionStreams
             phase = run_phase(base, label, stream, source, concurrency, seconds, profile=workers == 1)
             say(_phase_line(phase))
             phases.append(phase)
+    if source.faq_texts:  # the server without the encoder, for "where /chat c1 goes"
+        phase = run_phase(base, label, "exact", source, 1, max(1.0, seconds / 2), profile=workers == 1)
+        say(_phase_line(phase))
+        phases.append(phase)
     if soak_seconds > 0:  # customer-like traffic (Zipf, cache on) at the highest concurrency, for longer
         phase = run_phase(base, label, "zipf", source, 64, soak_seconds, profile=workers == 1)
         phase.stream = "soak-zipf"
@@ -607,6 +618,26 @@ def reference_targets(ref: dict[str, object], batched: ServerRun) -> list[tuple[
     ]
 
 
+def c1_breakdown(ref: dict[str, object], batched: ServerRun) -> list[str]:
+    """Where /chat c1 goes: the server without the encoder (FAQ texts asked verbatim), the encoder as the
+    server ran it, and the reference's single question back to back and after an idle gap."""
+    c1 = _find(batched, "unique", 1)
+    exact = next((p for p in batched.phases if p.stream == "exact"), None)
+    encode_ms = (c1.server_profile or {}).get("encode_ms_per_batch", 0.0)
+    paced = ref.get("paced_single_ms_p50")
+    if exact is None or not encode_ms or paced is None:
+        return []
+    return [
+        f"where /chat c1 goes: p50 {c1.p50_ms:.1f} ms = encoder in the server {encode_ms:.1f} ms (mean per question) + "
+        f"the rest {c1.p50_ms - encode_ms:.1f} ms; the same server without the encoder (FAQ texts verbatim) "
+        f"{exact.p50_ms:.1f} ms",
+        f"  reference single question: {float(ref['single_ms_p50']):.2f} ms back to back, "  # type: ignore[arg-type]
+        f"{float(paced):.2f} ms after {float(ref.get('paced_gap_ms', 0)):.0f} ms idle "  # type: ignore[arg-type]
+        f"(as between requests at c1: the weights are read from memory again); /chat p50 c1 / paced "
+        f"{c1.p50_ms / float(paced):.2f}",  # type: ignore[arg-type]
+    ]
+
+
 def _say_reference_targets(ref: dict[str, object], batched: ServerRun,
                            say: Callable[[str], None]) -> list[dict[str, object]]:
     if "skipped" in ref:
@@ -616,6 +647,8 @@ def _say_reference_targets(ref: dict[str, object], batched: ServerRun,
     rows = reference_targets(ref, batched)
     for what, value, target, met in rows:
         say(f"  {what:<44}{value:>8.2f}  {target:<8} {'met' if met else 'NOT MET'}")
+    for line in c1_breakdown(ref, batched):
+        say(line)
     return [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in rows]
 
 
