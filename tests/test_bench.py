@@ -49,6 +49,12 @@ def test_tiny_bench_run_prints_every_figure(tiny_kb: Path, tmp_path: Path, tiny_
                 rps, p50, _p95, p99, errors = (float(x) for x in row.groups())
                 assert rps > 0 and 0 < p50 <= p99 and errors == 0, f"{server} {stream} c{concurrency}:\n{out}"
     assert re.search(r"^batched *soak-zipf +64 ", out, re.MULTILINE)
+    exact = re.search(r"^batched *exact +1 +([\d.]+) +([\d.]+) .* cache hits 100%", out, re.MULTILINE)
+    assert exact and float(exact.group(1)) > 0, out  # FAQ texts verbatim: the exact-match path, no encoder
+    assert re.search(r"^where /chat c1 goes: p50 [\d.]+ ms = encoder in the server [\d.]+ ms .* verbatim\) [\d.]+ ms$",
+                     out, re.MULTILINE), out
+    assert re.search(r"reference single question: [\d.]+ ms back to back, [\d.]+ ms after 5 ms idle .* paced [\d.]+$",
+                     out, re.MULTILINE), out
     assert re.search(r"RSS batched: \d+ MB with 1 worker", out) and re.search(r"RSS naive .*: \d+ MB", out)
     assert "questions from" in out and "(4 distinct)" in out
     assert re.search(r"^reference \(issue #21: .*\): single question p50 [\d.]+ ms, batch 16: \d+ texts/s", out,
@@ -64,7 +70,8 @@ def test_tiny_bench_run_prints_every_figure(tiny_kb: Path, tmp_path: Path, tiny_
     data = json.loads(report.read_text())
     assert data["bare"]["bundled"]["single_ms_p50"] > 0
     assert {r["server"] for r in data["runs"]["batched"]["phases"]} == {"batched"}
-    assert len(data["runs"]["naive"]["phases"]) == 6
+    assert len(data["runs"]["naive"]["phases"]) == 7  # unique and zipf at c1/16/64, exact at c1
+    assert data["reference"]["paced_single_ms_p50"] > 0
     # The batched server really batched and cached: its own /metrics, read per phase.
     zipf16 = next(p for p in data["runs"]["batched"]["phases"] if p["stream"] == "zipf" and p["concurrency"] == 16)
     assert zipf16["server_profile"]["cache_hit_ratio"] > 0

@@ -113,3 +113,18 @@ def test_without_a_list_the_nearest_faqs_fill_in(desk: str) -> None:
 def test_an_unanswered_question_has_no_related(desk: str) -> None:
     body = chat(desk, "明天上海会下雨吗")
     assert body["matched"] is False and body["related"] == [] and body["related_source"] is None
+
+
+def test_closest_matches_a_stable_full_sort_with_ties() -> None:
+    """The partition that picks an answer's nearest FAQs gives exactly the stable sort's order, ties included."""
+    import numpy as np
+
+    from bot.related import NEAREST_POOL, _closest
+
+    rng = np.random.default_rng(7)
+    for trial in range(500):
+        n = int(rng.integers(1, 40))
+        cosines = (rng.integers(0, 4, n) / 4 if trial % 2 else rng.random(n)).astype(np.float32)
+        cosines[rng.integers(0, n)] = -np.inf  # the FAQ itself
+        expected = np.argsort(-cosines, kind="stable")[:NEAREST_POOL]
+        assert _closest(cosines, NEAREST_POOL).tolist() == expected.tolist()
