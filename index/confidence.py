@@ -19,7 +19,7 @@ import numpy as np
 from faq.errors import FaqbotError
 
 # Every feature a model may use, in this order (`ranking_features` fills them).
-FEATURES = ("s1", "f1", "gap2", "gap_rest", "lex1", "log_kb", "ans1", "ans_gap", "has_answers")
+FEATURES = ("s1", "f1", "gap2", "gap_rest", "lex1", "log_kb", "ans1", "ans_gap", "has_answers", "cover", "cover_share")
 REST_DEPTH = 10  # gap_rest compares the top fused score with the mean of the next 9 FAQs
 SINGLE_FAQ_GAP = 0.1  # a KB of one FAQ has no runner-up: a fixed, modest gap stands in
 DEFAULT_LEXICAL_WEIGHT = 0.05
@@ -34,15 +34,17 @@ class ConfidenceModelError(FaqbotError, ValueError):
 
 
 def ranking_features(similarity: np.ndarray, lexical: np.ndarray, fused: np.ndarray, n_faqs: int,
-                     answer: np.ndarray | None = None) -> np.ndarray:
+                     answer: np.ndarray | None = None, coverage: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """The features of one ranking, ordered best fused score first (arrays over its FAQs).
 
     `answer` is the query's cosine with the answers of the ranked FAQs, or None where answers say
     nothing about their FAQ (placeholders): then the answer features are 0 and `has_answers` says so.
+    `coverage` is how much of the query the top FAQ's characters cover (index.lexical.LexicalIndex.coverage):
+    `cover` by idf weight, `cover_share` by count.
     """
     log_kb = math.log(max(1, n_faqs))
     if fused.size == 0:
-        return np.array([0.0, 0.0, 0.0, 0.0, 0.0, log_kb, 0.0, 0.0, 0.0])
+        return np.array([0.0, 0.0, 0.0, 0.0, 0.0, log_kb, 0.0, 0.0, 0.0, 0.0, 0.0])
     f1 = float(fused[0])
     rest = fused[1:REST_DEPTH]
     gap2 = f1 - float(rest[0]) if rest.size else SINGLE_FAQ_GAP
@@ -51,7 +53,8 @@ def ranking_features(similarity: np.ndarray, lexical: np.ndarray, fused: np.ndar
     if answer is not None and answer.size:
         ans1, has_answers = float(answer[0]), 1.0
         ans_gap = ans1 - float(answer[1:].mean()) if answer.size > 1 else SINGLE_FAQ_GAP
-    return np.array([float(similarity[0]), f1, gap2, gap_rest, float(lexical[0]), log_kb, ans1, ans_gap, has_answers])
+    return np.array([float(similarity[0]), f1, gap2, gap_rest, float(lexical[0]), log_kb, ans1, ans_gap, has_answers,
+                     *coverage])
 
 
 @dataclass(frozen=True)

@@ -162,8 +162,7 @@ class FaqIndex:
 
     def prepare(self) -> None:
         """Build what the ranking reads lazily (the character index), so serving never pays for it in a request."""
-        model = self.calibration.confidence
-        if model is not None and model.lexical_weight > 0:
+        if self.calibration.confidence is not None:  # its features read the character index
             _ = self.lexical
 
     @property
@@ -212,8 +211,9 @@ class FaqIndex:
             order = np.argsort(-fused, kind="stable")
             ordered = [positions[j] for j in order]
             answer = self.answers[ordered[:REST_DEPTH]] @ queries[i] if model and ordered else np.zeros(0)
+            coverage = self.lexical.coverage(texts[i], self._faq_rows[ordered[0]]) if model and ordered else (0.0, 0.0)
             rankings.append(self._ranking(ordered, dense[order], lexical[order], [matched[j] for j in order],
-                                          fused[order], answer, depth))
+                                          fused[order], answer, depth, coverage))
         return rankings
 
     def _best_rows(self, row_scores: np.ndarray, row_ids: np.ndarray, limit: int,
@@ -237,12 +237,13 @@ class FaqIndex:
         return np.maximum.reduceat(scores, starts).astype(np.float64)
 
     def _ranking(self, positions: Sequence[int], dense: np.ndarray, lexical: np.ndarray, matched: Sequence[str],
-                 fused: np.ndarray | None = None, answer: np.ndarray | None = None, depth: int = REST_DEPTH) -> Ranking:
+                 fused: np.ndarray | None = None, answer: np.ndarray | None = None, depth: int = REST_DEPTH,
+                 coverage: tuple[float, float] = (0.0, 0.0)) -> Ranking:
         fused = dense if fused is None else fused
         model = self.calibration.confidence
         answers_speak = self.meta.answer_evidence >= ANSWER_EVIDENCE_MIN
         features = ranking_features(dense, lexical, fused, len(self.faqs),
-                                    answer if answers_speak and answer is not None else None)
+                                    answer if answers_speak and answer is not None else None, coverage)
         confidence = float(model.confidence(features)[0]) if model and len(positions) else None
         faqs = tuple(RankedFaq(self.faqs[p].id, float(dense[j]), float(lexical[j]), float(fused[j]), matched[j])
                      for j, p in enumerate(positions[:depth]))

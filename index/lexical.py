@@ -46,6 +46,7 @@ class LexicalIndex:
         for row in counts:
             df[list(row)] += 1
         self.idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+        self.unseen_idf = float(np.log(1.0 + n) + 1.0)  # the smoothed idf of a character no text has
         self.rows = self._matrix(counts)
 
     def _counts(self, form: str, *, grow: bool) -> dict[int, int]:
@@ -78,6 +79,21 @@ class LexicalIndex:
         weights = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * self.idf[cols]
         norm = float(np.linalg.norm(weights))
         return CharVector(cols, (weights / norm if norm > 0 else weights).astype(np.float32))
+
+    def coverage(self, text: str, rows: np.ndarray) -> tuple[float, float]:
+        """How much of the text the given rows' characters cover: (share of its idf weight, share of its
+        characters), each character occurrence counted. "驾驶证丢了能补吗" against an FAQ about 身份证 leaves
+        驾驶 uncovered, rare characters that name another thing; a paraphrase's filler characters weigh little.
+        (1, 1) for a text with no meaningful characters."""
+        form = lexical_form(text)
+        if not form:
+            return 1.0, 1.0
+        columns = [self.vocabulary.get(ch, -1) for ch in form]
+        indptr, indices = self.rows.indptr, self.rows.indices
+        own = {int(c) for r in np.asarray(rows, dtype=np.int64).tolist() for c in indices[indptr[r]:indptr[r + 1]]}
+        weights = np.array([self.idf[c] if c >= 0 else self.unseen_idf for c in columns])
+        covered = np.array([c in own for c in columns])
+        return float(weights[covered].sum() / weights.sum()), float(covered.mean())
 
     def scores(self, query: CharVector, rows: np.ndarray) -> np.ndarray:
         """Cosine of one query vector (1 x vocab) against the given rows, as a dense float array.

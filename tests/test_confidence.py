@@ -106,6 +106,22 @@ def test_ranking_features_of_a_one_faq_kb_and_without_answers() -> None:
     assert with_answers["has_answers"] == 1.0 and with_answers["ans_gap"] == pytest.approx(0.6 - 0.3)
 
 
+def test_coverage_weighs_the_characters_the_top_faq_lacks_by_rarity() -> None:
+    from index.lexical import LexicalIndex
+
+    lexical = LexicalIndex(["身份证丢了怎么补办", "身份证补办要多久", "营业时间是几点", "周末营业吗"])
+    own = np.array([0, 1])  # the 身份证 FAQ's two texts
+    by_weight, by_count = lexical.coverage("驾驶证丢了能补吗", own)
+    assert by_count == pytest.approx(4 / 8)  # 证丢了补 of 驾驶证丢了能补吗
+    assert by_weight < by_count  # 驾驶, 能, 吗: no KB text has them, so they weigh the most
+    assert lexical.coverage("身份证丢了怎么补办？", own) == (1.0, 1.0)  # punctuation carries nothing
+    assert lexical.coverage("？！", own) == (1.0, 1.0)
+    assert lexical.coverage("营业时间", own) == (0.0, 0.0)
+    named = dict(zip(FEATURES, ranking_features(np.array([0.9]), np.zeros(1), np.array([0.9]), 4,
+                                                coverage=(by_weight, by_count)), strict=True))
+    assert named["cover"] == by_weight and named["cover_share"] == by_count
+
+
 def test_answer_evidence_is_high_for_real_answers_and_low_for_placeholders() -> None:
     enc = CharEncoder()
     questions = enc.encode_passages([f.question for f in KB.faqs])
