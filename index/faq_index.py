@@ -1,7 +1,8 @@
 """The FAISS index of a KB: build, publish atomically, load, search.
 
 Layout under `<data_dir>/index/` (index.datadir names the paths):
-  versions/<version>/vectors.faiss  IndexFlatIP over every question and paraphrase
+  versions/<version>/vectors.faiss  every question and paraphrase: exact (IndexFlatIP), or HNSW from
+                                    APPROXIMATE_FROM_ROWS texts on (flat search then costs more than ~1 ms)
   versions/<version>/answers.npy    one vector per FAQ answer (float32), for the confidence features
   versions/<version>/meta.json      encoder fingerprint, KB hash, counts, calibration, the FAQs
   CURRENT                           the live version's name, replaced atomically (os.replace)
@@ -40,6 +41,11 @@ FORMAT_VERSION = 2  # 2: answers.npy (the answers' vectors, read by the confiden
 KEEP_VERSIONS = 3
 CANDIDATE_ROWS = 256  # dense rows fetched per query before the hybrid re-ranking
 CANDIDATE_FAQS = 48  # distinct FAQs among them that are re-scored with their lexical score
+# Flat search grows with the rows (0.25 ms at 3k, 2-7 ms at 30k, 72 ms at 300k on one core); HNSW32 at
+# efSearch 256 kept recall@1 1.000 at 30k and 0.995 at 300k for ~1.1-1.3 ms (docs/performance.md, "Scale").
+APPROXIMATE_FROM_ROWS = 20_000
+HNSW_NEIGHBOURS = 32
+HNSW_EF_SEARCH = 256  # at least the candidate rows a ranking asks for (a search raises it to k where k is larger)
 
 
 class IndexUnavailableError(FaqbotError):
@@ -178,16 +184,21 @@ class FaqIndex:
         n_rows = self.vectors.ntotal
         if n_rows == 0 or len(queries) == 0:
             return None
-        params = None
+        selector = None
         allowed = n_rows
         if tags:
             rows = np.unique(np.concatenate([self._rows_by_tag.get(t, np.zeros(0, np.int64)) for t in tags]))
             if rows.size == 0:
                 return None
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
+            selector = faiss.IDSelectorBatch(rows)
             allowed = int(rows.size)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        return self.vectors.search(queries, min(allowed, k_rows), params=params)
+        k = min(allowed, k_rows)
+        extra: dict[str, Any] = {} if selector is None else {"sel": selector}
+        params: faiss.SearchParameters | None = faiss.SearchParameters(**extra) if extra else None
+        if isinstance(self.vectors, faiss.IndexHNSW):  # the graph must look at least k deep to return k rows
+            params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k), **extra)
+        return self.vectors.search(queries, k, params=params)
 
     def rank(self, queries: np.ndarray, texts: Sequence[str], *, depth: int = REST_DEPTH,
              tags: Sequence[str] | None = None) -> list[Ranking]:
@@ -288,9 +299,7 @@ def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calib
     matrix = encode_in_chunks(encoder.encode_passages, texts, encoder.dim, progress=progress)
     answers = encode_in_chunks(encoder.encode_passages, [f.answer for f in kb.faqs], encoder.dim)
     question_rows = [i for i, (fid, _) in enumerate(pairs) if i == 0 or pairs[i - 1][0] != fid]
-    flat = faiss.IndexFlatIP(encoder.dim)
-    if len(matrix):
-        flat.add(np.ascontiguousarray(matrix, dtype=np.float32))
+    vectors = vector_index(np.ascontiguousarray(matrix, dtype=np.float32), encoder.dim)
     meta = IndexMeta(
         version=new_version(kb.content_hash),
         encoder_name=encoder.name,
@@ -307,7 +316,19 @@ def build_index(kb: KnowledgeBase, encoder: Encoder, *, kb_path: str = "", calib
         answer_evidence=answer_evidence(matrix[question_rows], answers),
         kb_handoff_phrases=kb.handoff_phrases,
     )
-    return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, flat, answers)
+    return FaqIndex(meta, kb.faqs, [positions[fid] for fid, _ in pairs], texts, vectors, answers)
+
+
+def vector_index(matrix: np.ndarray, dim: int) -> faiss.Index:
+    """Inner-product index over the rows: exact below APPROXIMATE_FROM_ROWS, HNSW from there on."""
+    if len(matrix) >= APPROXIMATE_FROM_ROWS:
+        index: faiss.Index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(matrix):
+        index.add(matrix)
+    return index
 
 
 def answer_evidence(questions: np.ndarray, answers: np.ndarray, sample: int = 512) -> float:

@@ -133,3 +133,33 @@ def test_rows_per_faq_and_per_tag_are_what_the_scans_gave(index: FaqIndex) -> No
         tagged = {i for i, f in enumerate(index.faqs) if tag in f.tags}
         expected = np.array([r for r, fi in enumerate(index.row_faq) if fi in tagged], dtype=np.int64)
         assert rows.dtype == np.int64 and np.array_equal(rows, expected)
+
+
+def test_a_large_kb_gets_an_hnsw_index_that_ranks_like_the_flat_one(index: FaqIndex, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """From APPROXIMATE_FROM_ROWS texts on the vectors go into HNSW: same rankings here (a few thousand rows,
+    efSearch 256), tag filters included, and it survives publish/load; related FAQs read its stored vectors."""
+    import faiss
+
+    import index.faq_index as faq_index
+    from bot.related import RelatedFaqs
+
+    monkeypatch.setattr(faq_index, "APPROXIMATE_FROM_ROWS", 1000)
+    assert index.vectors.ntotal >= 1000 and isinstance(index.vectors, faiss.IndexFlatIP)
+    approximate = build_index(_kb(), BigramEncoder(), calibration=index.calibration)
+    assert isinstance(approximate.vectors, faiss.IndexHNSW)
+    faq_index.publish_index(approximate, tmp_path)
+    loaded = faq_index.load_index(tmp_path)
+    assert isinstance(loaded.vectors, faiss.IndexHNSW)
+    rng = random.Random(11)
+    queries = [rng.choice(index.row_text)[1:] + "吗" for _ in range(200)]
+    vectors = BigramEncoder().encode_queries(queries)
+    same = 0
+    for tags in (None, ("odd",)):
+        exact = index.rank(vectors, queries, tags=tags)
+        for ann in (approximate.rank(vectors, queries, tags=tags), loaded.rank(vectors, queries, tags=tags)):
+            same += sum(a.faqs[0].faq_id == e.faqs[0].faq_id for a, e in zip(ann, exact, strict=True))
+            if tags:
+                assert all("odd" in loaded.faq_by_id[f.faq_id].tags for r in ann for f in r.faqs)
+    assert same >= 0.99 * 4 * len(queries)  # recall@1 of the approximate search
+    assert RelatedFaqs(loaded).nearest(loaded.faqs[0].id) == RelatedFaqs(index).nearest(index.faqs[0].id)
