@@ -61,8 +61,8 @@ def ranking_features(similarity: np.ndarray, lexical: np.ndarray, fused: np.ndar
 class ConfidenceModel:
     """confidence = 100 * sigmoid(intercept + coef . (x - mean) / scale) over the named features.
 
-    `lexical_weight` is the weight of the character score in the fused ranking the features are
-    read from; `min_confidence` the default answer line; `margin` the fused-score gap under which two
+    `lexical_weight` and `coverage_weight` are the weights of the character score and of the coverage (by
+    idf weight) in the fused ranking the features are read from (`fused_scores`); `min_confidence` the default answer line; `margin` the fused-score gap under which two
     FAQs that both clear the line are too close to call (0 = never ask back).
     """
 
@@ -74,6 +74,7 @@ class ConfidenceModel:
     lexical_weight: float = DEFAULT_LEXICAL_WEIGHT
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     margin: float = 0.0
+    coverage_weight: float = 0.0  # files written before it have none: their ranking had no coverage term
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.features if f not in FEATURES]
@@ -82,11 +83,12 @@ class ConfidenceModel:
         if not len(self.features) == len(self.coef) == len(self.mean) == len(self.scale):
             raise ConfidenceModelError("features, coef, mean and scale must have the same length")
         numbers = (*self.coef, *self.mean, *self.scale, self.intercept, self.lexical_weight, self.min_confidence,
-                   self.margin)
+                   self.margin, self.coverage_weight)
         if not all(math.isfinite(v) for v in numbers) or any(s <= 0 for s in self.scale):
             raise ConfidenceModelError("confidence model numbers must be finite, scales positive")
-        if not 0.0 <= self.min_confidence <= 100.0 or self.lexical_weight < 0 or self.margin < 0:
-            raise ConfidenceModelError("min_confidence must lie in 0..100, lexical_weight and margin >= 0")
+        if (not 0.0 <= self.min_confidence <= 100.0 or self.lexical_weight < 0 or self.margin < 0
+                or self.coverage_weight < 0):
+            raise ConfidenceModelError("min_confidence must lie in 0..100, lexical_weight, coverage_weight and margin >= 0")
 
     @property
     def _columns(self) -> list[int]:
@@ -101,7 +103,8 @@ class ConfidenceModel:
     def to_dict(self) -> dict[str, object]:
         return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept,
                 "mean": list(self.mean), "scale": list(self.scale), "lexical_weight": self.lexical_weight,
-                "min_confidence": self.min_confidence, "margin": self.margin}
+                "min_confidence": self.min_confidence, "margin": self.margin,
+                "coverage_weight": self.coverage_weight}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ConfidenceModel:
@@ -114,16 +117,20 @@ class ConfidenceModel:
                        mean=floats("mean"), scale=floats("scale"),
                        lexical_weight=float(data.get("lexical_weight", DEFAULT_LEXICAL_WEIGHT)),  # type: ignore[arg-type]
                        min_confidence=float(data.get("min_confidence", DEFAULT_MIN_CONFIDENCE)),  # type: ignore[arg-type]
-                       margin=float(data.get("margin", 0.0)))  # type: ignore[arg-type]
+                       margin=float(data.get("margin", 0.0)),  # type: ignore[arg-type]
+                       coverage_weight=float(data.get("coverage_weight", 0.0)))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ConfidenceModelError):
                 raise
             raise ConfidenceModelError(f"cannot read the confidence model: {exc}") from exc
 
 
-def fused_scores(similarity: np.ndarray, lexical: np.ndarray, lexical_weight: float) -> np.ndarray:
-    """The hybrid ranking score: dense cosine plus a small weight of the character cosine."""
-    return similarity + lexical_weight * lexical
+def fused_scores(similarity: np.ndarray, lexical: np.ndarray, lexical_weight: float,
+                 coverage: np.ndarray | None = None, coverage_weight: float = 0.0) -> np.ndarray:
+    """The hybrid ranking score: dense cosine plus small weights of the character cosine and of how much of
+    the question the FAQ's characters cover (by idf weight)."""
+    fused = similarity + lexical_weight * lexical
+    return fused + coverage_weight * coverage if coverage is not None and coverage_weight > 0 else fused
 
 
 def feature_matrix(rows: Sequence[np.ndarray]) -> np.ndarray:

@@ -175,7 +175,7 @@ class FaqIndex:
     def lexical(self) -> LexicalIndex:
         """The character index of the row texts, built on first use (a few ms per thousand texts)."""
         if self._lexical is None:
-            self._lexical = LexicalIndex(self.row_text)
+            self._lexical = LexicalIndex(self.row_text, self.row_faq, len(self.faqs))
         return self._lexical
 
     def _dense_rows(self, queries: np.ndarray, k_rows: int, tags: Sequence[str] | None,
@@ -202,8 +202,8 @@ class FaqIndex:
 
     def rank(self, queries: np.ndarray, texts: Sequence[str], *, depth: int = REST_DEPTH,
              tags: Sequence[str] | None = None) -> list[Ranking]:
-        """The hybrid ranking of each query (dense cosine + the calibration's weight of the character score),
-        `depth` FAQs deep, with the calibrated confidence that its first FAQ is the right one.
+        """The hybrid ranking of each query (dense cosine + the calibration's weights of the character score and
+        of the coverage), `depth` FAQs deep, with the calibrated confidence that its first FAQ is the right one.
 
         Without a confidence model in the calibration it is the dense ranking and confidence is None.
         """
@@ -212,19 +212,22 @@ class FaqIndex:
         if found is None:
             return [self._ranking([], np.zeros(0), np.zeros(0), []) for _ in range(len(queries))]
         weight = model.lexical_weight if model else 0.0
+        coverage_weight = model.coverage_weight if model else 0.0
+        rescored = weight > 0 or coverage_weight > 0
         lexical_queries = self.lexical.queries(texts) if weight > 0 else None
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         rankings = []
         for i, (row_scores, row_ids) in enumerate(zip(*found, strict=True)):
-            positions, dense, matched = self._best_rows(row_scores, row_ids, CANDIDATE_FAQS if weight > 0 else depth)
+            positions, dense, matched = self._best_rows(row_scores, row_ids, CANDIDATE_FAQS if rescored else depth)
             lexical = self._faq_lexical(lexical_queries[i], positions) if lexical_queries is not None else np.zeros(len(positions))
-            fused = fused_scores(dense, lexical, weight)
+            cover, cover_share = self.lexical.coverage(texts[i], positions) if model else (None, None)
+            fused = fused_scores(dense, lexical, weight, cover, coverage_weight)
             order = np.argsort(-fused, kind="stable")
             ordered = [positions[j] for j in order]
             answer = self.answers[ordered[:REST_DEPTH]] @ queries[i] if model and ordered else np.zeros(0)
-            coverage = self.lexical.coverage(texts[i], self._faq_rows[ordered[0]]) if model and ordered else (0.0, 0.0)
+            top_cover = (float(cover[order[0]]), float(cover_share[order[0]])) if cover is not None and ordered else (0.0, 0.0)
             rankings.append(self._ranking(ordered, dense[order], lexical[order], [matched[j] for j in order],
-                                          fused[order], answer, depth, coverage))
+                                          fused[order], answer, depth, top_cover))
         return rankings
 
     def _best_rows(self, row_scores: np.ndarray, row_ids: np.ndarray, limit: int,

@@ -38,7 +38,9 @@ class CharVector:
 class LexicalIndex:
     """Sparse character vectors of every row text; `scores` gives query x row cosines."""
 
-    def __init__(self, texts: Sequence[str]) -> None:
+    def __init__(self, texts: Sequence[str], groups: Sequence[int] | None = None, n_groups: int | None = None) -> None:
+        """`groups` gives each text's group (its FAQ); `coverage` reads the union of a group's characters.
+        Without it every text is its own group."""
         self.vocabulary: dict[str, int] = {}
         counts = [self._counts(lexical_form(t), grow=True) for t in texts]
         n = max(1, len(texts))
@@ -48,6 +50,7 @@ class LexicalIndex:
         self.idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
         self.unseen_idf = float(np.log(1.0 + n) + 1.0)  # the smoothed idf of a character no text has
         self.rows = self._matrix(counts)
+        self.group_chars = _group_union(self.rows, groups, n_groups)
 
     def _counts(self, form: str, *, grow: bool) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -80,20 +83,29 @@ class LexicalIndex:
         norm = float(np.linalg.norm(weights))
         return CharVector(cols, (weights / norm if norm > 0 else weights).astype(np.float32))
 
-    def coverage(self, text: str, rows: np.ndarray) -> tuple[float, float]:
-        """How much of the text the given rows' characters cover: (share of its idf weight, share of its
-        characters), each character occurrence counted. "驾驶证丢了能补吗" against an FAQ about 身份证 leaves
-        驾驶 uncovered, rare characters that name another thing; a paraphrase's filler characters weigh little.
-        (1, 1) for a text with no meaningful characters."""
+    def coverage(self, text: str, groups: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """How much of the text each group's characters cover (all its texts): (share of the text's idf
+        weight, share of its characters), each occurrence counted, one value per group. "驾驶证丢了能补吗"
+        against an FAQ about 身份证 leaves 驾驶 uncovered, rare characters that name another thing; a
+        paraphrase's filler characters weigh little. 1 for a text with no meaningful characters."""
+        groups = np.asarray(groups, dtype=np.int64)
         form = lexical_form(text)
-        if not form:
-            return 1.0, 1.0
-        columns = [self.vocabulary.get(ch, -1) for ch in form]
-        indptr, indices = self.rows.indptr, self.rows.indices
-        own = {int(c) for r in np.asarray(rows, dtype=np.int64).tolist() for c in indices[indptr[r]:indptr[r + 1]]}
-        weights = np.array([self.idf[c] if c >= 0 else self.unseen_idf for c in columns])
-        covered = np.array([c in own for c in columns])
-        return float(weights[covered].sum() / weights.sum()), float(covered.mean())
+        if not form or groups.size == 0:
+            return np.ones(groups.size), np.ones(groups.size)
+        width_vocab = self.rows.shape[1]
+        seen = np.array([c for c in (self.vocabulary.get(ch, -1) for ch in form) if c >= 0], dtype=np.int64)
+        total_weight = float(self.idf[seen].sum()) + (len(form) - seen.size) * self.unseen_idf
+        weight_of = np.zeros(width_vocab + 1)  # the last column: padding, weight 0
+        count_of = np.zeros(width_vocab + 1)
+        np.add.at(weight_of, seen, self.idf[seen])
+        np.add.at(count_of, seen, 1.0)
+        indptr, indices = self.group_chars.indptr, self.group_chars.indices
+        starts = indptr[groups]
+        lengths = indptr[groups + 1] - starts
+        width = int(lengths.max(initial=0))
+        real = np.arange(width) < lengths[:, None]
+        columns = np.where(real, indices[np.where(real, starts[:, None] + np.arange(width), 0)], width_vocab)
+        return weight_of[columns].sum(axis=1) / total_weight, count_of[columns].sum(axis=1) / len(form)
 
     def scores(self, query: CharVector, rows: np.ndarray) -> np.ndarray:
         """Cosine of one query vector (1 x vocab) against the given rows, as a dense float array.
@@ -118,3 +130,14 @@ class LexicalIndex:
         columns = np.where(real, self.rows.indices[at], self.rows.shape[1])
         products = np.where(real, self.rows.data[at], np.float32(0)) * weights[columns]
         return np.add.accumulate(products, axis=1, dtype=np.float32)[:, -1]  # sequential, as scipy's loop
+
+
+def _group_union(rows: sparse.csr_matrix, groups: Sequence[int] | None, n_groups: int | None) -> sparse.csr_matrix:
+    """One row per group with the union of its texts' characters (the pattern is what counts)."""
+    n_rows = rows.shape[0]
+    group_ids = np.arange(n_rows) if groups is None else np.asarray(groups, dtype=np.int64)
+    n = int(n_groups if n_groups is not None else (group_ids.max(initial=-1) + 1))
+    member = sparse.csr_matrix((np.ones(n_rows), (group_ids, np.arange(n_rows))), shape=(n, n_rows))
+    union = (member @ (rows != 0).astype(np.float64)).tocsr()
+    union.sum_duplicates()
+    return union

@@ -15,7 +15,7 @@ from admin.quality.confidence_fit import (
     Domain,
     ScoredDomain,
     best_cosine_threshold,
-    choose_lexical_weight,
+    choose_weight,
     fit_confidence,
     leave_one_domain_out,
     reliability,
@@ -109,17 +109,31 @@ def test_ranking_features_of_a_one_faq_kb_and_without_answers() -> None:
 def test_coverage_weighs_the_characters_the_top_faq_lacks_by_rarity() -> None:
     from index.lexical import LexicalIndex
 
-    lexical = LexicalIndex(["身份证丢了怎么补办", "身份证补办要多久", "营业时间是几点", "周末营业吗"])
-    own = np.array([0, 1])  # the 身份证 FAQ's two texts
-    by_weight, by_count = lexical.coverage("驾驶证丢了能补吗", own)
-    assert by_count == pytest.approx(4 / 8)  # 证丢了补 of 驾驶证丢了能补吗
-    assert by_weight < by_count  # 驾驶, 能, 吗: no KB text has them, so they weigh the most
-    assert lexical.coverage("身份证丢了怎么补办？", own) == (1.0, 1.0)  # punctuation carries nothing
-    assert lexical.coverage("？！", own) == (1.0, 1.0)
-    assert lexical.coverage("营业时间", own) == (0.0, 0.0)
+    # two FAQs of two texts each; coverage reads the union of an FAQ's texts
+    lexical = LexicalIndex(["身份证丢了怎么补办", "身份证补办要多久", "营业时间是几点", "周末营业吗"], [0, 0, 1, 1], 2)
+    by_weight, by_count = lexical.coverage("驾驶证丢了能补吗", [0, 1])
+    assert by_count.tolist() == [4 / 8, 1 / 8]  # 证丢了补 of 驾驶证丢了能补吗; 吗 in 周末营业吗
+    assert by_weight[0] < by_count[0]  # 驾驶 and 能: no KB text has them, so they weigh the most
+    assert lexical.coverage("身份证丢了怎么补办？", [0])[0].tolist() == [1.0]  # punctuation carries nothing
+    assert lexical.coverage("？！", [0, 1])[1].tolist() == [1.0, 1.0]
+    assert lexical.coverage("营业时间", [0])[1].tolist() == [0.0]
+    assert lexical.coverage("营业时间", [])[0].size == 0
     named = dict(zip(FEATURES, ranking_features(np.array([0.9]), np.zeros(1), np.array([0.9]), 4,
-                                                coverage=(by_weight, by_count)), strict=True))
-    assert named["cover"] == by_weight and named["cover_share"] == by_count
+                                                coverage=(float(by_weight[0]), float(by_count[0]))), strict=True))
+    assert named["cover"] == by_weight[0] and named["cover_share"] == by_count[0]
+
+
+def test_coverage_weight_moves_the_ranking_and_old_models_read_without_it() -> None:
+    from index.confidence import fused_scores
+
+    dense, lexical, cover = np.array([0.90, 0.89]), np.array([0.2, 0.2]), np.array([0.3, 0.9])
+    assert np.argmax(fused_scores(dense, lexical, 0.05)) == 0
+    assert np.argmax(fused_scores(dense, lexical, 0.05, cover, 0.02)) == 1  # the FAQ that covers the question
+    old = ConfidenceModel.from_dict({"features": ["s1"], "coef": [1.0], "intercept": 0.0, "mean": [0.0],
+                                     "scale": [1.0], "lexical_weight": 0.05})
+    assert old.coverage_weight == 0.0 and ConfidenceModel.from_dict(old.to_dict()) == old
+    with pytest.raises(ConfidenceModelError):
+        ConfidenceModel.from_dict({**old.to_dict(), "coverage_weight": -1})
 
 
 def test_answer_evidence_is_high_for_real_answers_and_low_for_placeholders() -> None:
@@ -229,8 +243,8 @@ def test_best_cosine_threshold_equals_brute_force() -> None:
 
 def test_lexical_weight_choice_tolerates_one_question_per_domain_at_most() -> None:
     top1 = {0.0: [0.90, 0.80], 0.05: [0.89, 0.90], 0.1: [0.80, 1.00]}
-    assert choose_lexical_weight(top1, [100, 100]) == 0.05  # 0.1 costs domain 1 ten questions
-    assert choose_lexical_weight(top1, [10, 100]) == 0.1  # ... but only one of ten here
+    assert choose_weight(top1, [100, 100]) == 0.05  # 0.1 costs domain 1 ten questions
+    assert choose_weight(top1, [10, 100]) == 0.1  # ... but only one of ten here
 
 
 def test_paraphrase_variant_moves_one_question_per_faq_into_the_kb() -> None:

@@ -202,10 +202,11 @@ def _fit_confidence(args: argparse.Namespace, encoder: Encoder, base: Calibratio
     domains = pair_domains(read_pair_files(args.confidence_pairs or [], max_pairs=args.max_pairs))
     domains += kb_domains(args.confidence_kbs or [])
     extra = pair_domains(read_pair_files(args.extra_pairs or [], max_pairs=args.max_pairs), sizes=(800,))
-    total = sum(len(d.queries) + len(d.kb.texts()) for d in (*domains, *extra)) * 6
+    total = sum(len(d.queries) + len(d.kb.texts()) for d in (*domains, *extra)) * 9  # each ranking weight tried
     fit = fit_from_domains(domains, CachingEncoder(encoder), old_threshold=base.threshold, extra=extra,
                            progress=progress_bar("scoring domains")(total))
     print(f"confidence model on {len(domains)} domains: lexical weight {fit.model.lexical_weight:g}, "
+          f"coverage weight {fit.model.coverage_weight:g}, "
           f"features {', '.join(fit.model.features)}")
     print("  held-out domain          old rule  best thr  confidence  vs best  top-1 dense->hybrid")
     for r in group_rows(fit.rows):

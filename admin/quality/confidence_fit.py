@@ -33,6 +33,7 @@ PAIR_KB_SIZES = (50, 200, 800)
 GRADED_POSITIVE = 4.0  # a 0-5 similarity score at or above this is a paraphrase (STS-B)
 MIN_DOMAIN_QUERIES = 20
 LEXICAL_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
+COVERAGE_WEIGHTS = (0.0, 0.01, 0.02, 0.05)  # tried after the lexical weight is chosen, on top of it
 # Inverse L2 strength of the logistic fit. Leave-one-domain-out on the dev domains (4 Dec 2026, C in 0.1, 0.3,
 # 1, 3, 10): 0.1 had the best mean gap to each domain's best threshold (-0.0002 vs -0.0022 at 1) and kept 11 of
 # 13 domains within 2 points (10 at 1): a model that leans less on any one feature carries over better.
@@ -130,18 +131,18 @@ def kb_domains(paths: Sequence[Path]) -> list[Domain]:
 # --- scoring -----------------------------------------------------------------------------------
 
 
-def probe_calibration(lexical_weight: float) -> Calibration:
-    """A calibration whose model only sets the lexical weight: rank() then returns fused features."""
+def probe_calibration(lexical_weight: float, coverage_weight: float = 0.0) -> Calibration:
+    """A calibration whose model only sets the ranking's weights: rank() then returns fused features."""
     probe = ConfidenceModel(features=("s1",), coef=(0.0,), intercept=0.0, mean=(0.0,), scale=(1.0,),
-                            lexical_weight=lexical_weight)
+                            lexical_weight=lexical_weight, coverage_weight=coverage_weight)
     return Calibration(confidence=probe)
 
 
-def score_domain(domain: Domain, encoder: Encoder, lexical_weight: float) -> ScoredDomain:
+def score_domain(domain: Domain, encoder: Encoder, lexical_weight: float, coverage_weight: float = 0.0) -> ScoredDomain:
     """Rank every question of the domain through the real index, fused and dense-only."""
     texts = [q.query for q in domain.queries]
     vectors = encode_in_chunks(encoder.encode_queries, texts, encoder.dim)
-    fused_index = build_index(domain.kb, encoder, calibration=probe_calibration(lexical_weight))
+    fused_index = build_index(domain.kb, encoder, calibration=probe_calibration(lexical_weight, coverage_weight))
     dense_index = build_index(domain.kb, encoder, calibration=Calibration())
     fused = fused_index.rank(vectors, texts)
     dense = dense_index.rank(vectors, texts, depth=1)
@@ -160,10 +161,10 @@ def score_domain(domain: Domain, encoder: Encoder, lexical_weight: float) -> Sco
 
 
 def score_domains(domains: Sequence[Domain], encoder: Encoder, lexical_weight: float,
-                  progress: Progress | None = None) -> list[ScoredDomain]:
+                  progress: Progress | None = None, coverage_weight: float = 0.0) -> list[ScoredDomain]:
     scored = []
     for domain in domains:
-        scored.append(score_domain(domain, encoder, lexical_weight))
+        scored.append(score_domain(domain, encoder, lexical_weight, coverage_weight))
         if progress:
             progress(len(domain.queries) + len(domain.kb.texts()))
     return scored
@@ -182,7 +183,8 @@ def _weights(scored: Sequence[ScoredDomain]) -> np.ndarray:
 
 
 def fit_confidence(scored: Sequence[ScoredDomain], *, features: Sequence[str] = FEATURES, lexical_weight: float,
-                   min_confidence: float = 50.0, regularisation: float = REGULARISATION) -> ConfidenceModel:
+                   min_confidence: float = 50.0, regularisation: float = REGULARISATION,
+                   coverage_weight: float = 0.0) -> ConfidenceModel:
     """Logistic regression of 'top FAQ is right' on the named features (standardised), domains weighing alike."""
     from sklearn.linear_model import LogisticRegression
 
@@ -199,7 +201,7 @@ def fit_confidence(scored: Sequence[ScoredDomain], *, features: Sequence[str] = 
     return ConfidenceModel(features=tuple(features), coef=tuple(float(c) for c in model.coef_[0]),
                            intercept=float(model.intercept_[0]), mean=tuple(float(m) for m in mean),
                            scale=tuple(float(s) for s in scale), lexical_weight=lexical_weight,
-                           min_confidence=min_confidence)
+                           min_confidence=min_confidence, coverage_weight=coverage_weight)
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -255,7 +257,7 @@ def judge(scored: ScoredDomain, model: ConfidenceModel, old_threshold: float, *,
 
 
 def leave_one_domain_out(scored: Sequence[ScoredDomain], extra: Sequence[ScoredDomain], old_threshold: float, *,
-                         features: Sequence[str] = FEATURES, lexical_weight: float,
+                         features: Sequence[str] = FEATURES, lexical_weight: float, coverage_weight: float = 0.0,
                          ) -> tuple[list[DomainRow], list[tuple[str, np.ndarray, np.ndarray]]]:
     """Each group read by a model fitted on the others; `extra` domains (not fitted on) by the full model.
 
@@ -264,12 +266,12 @@ def leave_one_domain_out(scored: Sequence[ScoredDomain], extra: Sequence[ScoredD
     rows, held_out = [], []
     for group in dict.fromkeys(s.domain.group for s in scored):
         model = fit_confidence([s for s in scored if s.domain.group != group], features=features,
-                               lexical_weight=lexical_weight)
+                               lexical_weight=lexical_weight, coverage_weight=coverage_weight)
         for s in (s for s in scored if s.domain.group == group):
             row, confidence = judge(s, model, old_threshold, fitted=True)
             rows.append(row)
             held_out.append((group, confidence, s.top_right))
-    full = fit_confidence(scored, features=features, lexical_weight=lexical_weight)
+    full = fit_confidence(scored, features=features, lexical_weight=lexical_weight, coverage_weight=coverage_weight)
     rows.extend(judge(s, full, old_threshold, fitted=False)[0] for s in extra)
     return rows, held_out
 
@@ -303,9 +305,9 @@ def group_rows(rows: Sequence[DomainRow]) -> list[DomainRow]:
     return out
 
 
-def choose_lexical_weight(top1_by_weight: dict[float, list[float]], in_scope: Sequence[int]) -> float:
+def choose_weight(top1_by_weight: dict[float, list[float]], in_scope: Sequence[int]) -> float:
     """The weight with the best mean top-1 over domains among those that cost no domain more than one
-    question of top-1 against the dense ranking (weight 0)."""
+    question of top-1 against the ranking without that term (weight 0)."""
     base = top1_by_weight[0.0]
     fine = [w for w, t in top1_by_weight.items()
             if all(a >= b - 1.0 / max(1, n) - 1e-9 for a, b, n in zip(t, base, in_scope, strict=True))]
@@ -323,18 +325,27 @@ class ConfidenceFit:
     top1_by_weight: dict[float, list[float]]
     domain_names: list[str]
     old_threshold: float
+    top1_by_coverage_weight: dict[float, list[float]] | None = None
 
 
 def fit_from_domains(domains: Sequence[Domain], encoder: Encoder, *, old_threshold: float,
                      extra: Sequence[Domain] = (), features: Sequence[str] = FEATURES,
-                     weights: Sequence[float] = LEXICAL_WEIGHTS, progress: Progress | None = None) -> ConfidenceFit:
-    """Choose the lexical weight on top-1, judge leave-one-domain-out, fit the final model on every domain."""
+                     weights: Sequence[float] = LEXICAL_WEIGHTS, coverage_weights: Sequence[float] = COVERAGE_WEIGHTS,
+                     progress: Progress | None = None) -> ConfidenceFit:
+    """Choose the ranking's lexical, then coverage weight on top-1, judge leave-one-domain-out, fit the final
+    model on every domain."""
     scored_by_weight = {w: score_domains(domains, encoder, w, progress) for w in weights}
     top1 = {w: [s.top1 for s in scored] for w, scored in scored_by_weight.items()}
     in_scope = [int(s.in_scope.sum()) for s in scored_by_weight[weights[0]]]
-    weight = choose_lexical_weight(top1, in_scope) if 0.0 in top1 else weights[0]
-    scored = scored_by_weight[weight]
-    extra_scored = score_domains(extra, encoder, weight, progress)
-    rows, held_out = leave_one_domain_out(scored, extra_scored, old_threshold, features=features, lexical_weight=weight)
-    model = fit_confidence(scored, features=features, lexical_weight=weight)
-    return ConfidenceFit(model, rows, reliability(held_out), top1, [d.name for d in domains], old_threshold)
+    weight = choose_weight(top1, in_scope) if 0.0 in top1 else weights[0]
+    by_coverage = {c: scored_by_weight[weight] if c == 0.0 else score_domains(domains, encoder, weight, progress, c)
+                   for c in coverage_weights}
+    top1_coverage = {c: [s.top1 for s in scored] for c, scored in by_coverage.items()}
+    coverage = choose_weight(top1_coverage, in_scope) if 0.0 in top1_coverage else coverage_weights[0]
+    scored = by_coverage[coverage]
+    extra_scored = score_domains(extra, encoder, weight, progress, coverage)
+    rows, held_out = leave_one_domain_out(scored, extra_scored, old_threshold, features=features, lexical_weight=weight,
+                                          coverage_weight=coverage)
+    model = fit_confidence(scored, features=features, lexical_weight=weight, coverage_weight=coverage)
+    return ConfidenceFit(model, rows, reliability(held_out), top1, [d.name for d in domains], old_threshold,
+                         top1_coverage)
