@@ -31,7 +31,7 @@ import numpy as np
 
 from faq import FAQ, KnowledgeBase
 from faq.errors import FaqbotError
-from index.calibration import Calibration, default_calibration
+from index.calibration import SCOPE_SHIPPED, Calibration, default_calibration, shipped_calibration
 from index.confidence import ANSWER_EVIDENCE_MIN, REST_DEPTH, fused_scores, ranking_features
 from index.datadir import DataDir
 from index.encoders import Encoder, encode_in_chunks
@@ -460,13 +460,23 @@ def load_index(data_dir: Path | DataDir, version: str | None = None) -> FaqIndex
         raise IndexUnavailableError(f"index version {version} in {folder} cannot be read: {exc}") from exc
     if payload.get("format") != FORMAT_VERSION:
         raise IndexUnavailableError(f"index version {version} has format {payload.get('format')}, expected {FORMAT_VERSION}")
-    meta = IndexMeta.from_dict(payload)
+    meta = _current_shipped(IndexMeta.from_dict(payload))
     if vectors.ntotal != meta.n_vectors:
         raise IndexUnavailableError(f"index version {version} is incomplete ({vectors.ntotal} of {meta.n_vectors} vectors)")
     faqs = [_faq_from_dict(d) for d in payload["faqs"]]
     if answers.shape != (len(faqs), vectors.d):
         raise IndexUnavailableError(f"index version {version} has {answers.shape} answer vectors for {len(faqs)} FAQs")
     return FaqIndex(meta, faqs, payload["rows"]["faq"], payload["rows"]["text"], vectors, answers)
+
+
+def _current_shipped(meta: IndexMeta) -> IndexMeta:
+    """An index keeps a copy of the calibration it was built with; where that copy is the package's shipped
+    one, read the package's file as it is now, so an upgrade's better fit applies without re-encoding the KB.
+    A calibration fitted for this deployment (`faqbot calibrate`, scope local) stays as stored."""
+    if meta.calibration.scope != SCOPE_SHIPPED:
+        return meta
+    current = shipped_calibration(meta.fingerprint)
+    return meta if current is None or current == meta.calibration else replace(meta, calibration=current)
 
 
 def check_compatible(index: FaqIndex, encoder: Encoder, kb: KnowledgeBase | None = None) -> None:

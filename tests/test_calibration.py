@@ -213,3 +213,25 @@ def test_in_memory_index_reads_scores_with_the_given_calibration(tiny_kb, bundle
     swapped = with_calibration(index, Calibration())
     assert index.calibration == custom and swapped.calibration == Calibration()
     assert swapped.vectors is index.vectors and swapped.version != index.version
+
+
+def test_an_index_reads_the_shipped_calibration_as_it_is_now_and_keeps_a_local_one(tmp_path, monkeypatch) -> None:
+    """An upgrade's refit applies to an index built before it (no re-encoding); a deployment's own fit stays."""
+    import dataclasses
+
+    import index.calibration as calibration_module
+    from index.calibration import SCOPE_LOCAL, Calibration, write_shipped_calibration
+    from tests.test_rank_equivalence import SAMPLE_KB, BigramEncoder
+
+    monkeypatch.setattr(calibration_module, "CALIBRATION_DIR", tmp_path / "calibrations")
+    encoder = BigramEncoder()
+    old = Calibration(threshold=0.81)
+    write_shipped_calibration(old, encoder.fingerprint)
+    shipped_then = calibration_module.shipped_calibration(encoder.fingerprint)
+    assert shipped_then is not None and shipped_then.scope == "shipped"
+    publish_index(build_index(load_kb(SAMPLE_KB), encoder, calibration=shipped_then), tmp_path / "a")
+    write_shipped_calibration(dataclasses.replace(old, threshold=0.86), encoder.fingerprint)  # the upgrade
+    assert load_index(tmp_path / "a").calibration.threshold == 0.86
+    local = dataclasses.replace(old, threshold=0.9, extra={"scope": SCOPE_LOCAL})
+    publish_index(build_index(load_kb(SAMPLE_KB), encoder, calibration=local), tmp_path / "b")
+    assert load_index(tmp_path / "b").calibration.threshold == 0.9
