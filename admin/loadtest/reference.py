@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from index.datadir import DataDir, bundled_export_dir
@@ -173,21 +173,9 @@ def measure(model: Path, source: Path, questions: Sequence[str], seconds: float)
     texts = iter(_cycle(questions))
     encoder.encode([next(texts) for _ in range(REFERENCE_BATCH)])  # warm both paths
     encoder.encode([next(texts)])
-    single: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(single) < 20:
-        text = next(texts)
-        started = time.perf_counter()
-        encoder.encode([text])
-        single.append(time.perf_counter() - started)
-    paced: list[float] = []  # the same, after the core idled as it does between requests (caches cool)
-    deadline = time.perf_counter() + seconds / 2
-    while time.perf_counter() < deadline or len(paced) < 20:
-        text = next(texts)
-        time.sleep(PACED_GAP_S)
-        started = time.perf_counter()
-        encoder.encode([text])
-        paced.append(time.perf_counter() - started)
+    single = _single_p50_ms(encoder, texts, seconds, gap=0.0)
+    # the same after the core idled as it does between requests (caches cool)
+    paced = _single_p50_ms(encoder, texts, seconds / 2, gap=PACED_GAP_S)
     done, spent = 0, 0.0
     deadline = time.perf_counter() + seconds / 2
     while time.perf_counter() < deadline or done < 2 * REFERENCE_BATCH:
@@ -196,9 +184,23 @@ def measure(model: Path, source: Path, questions: Sequence[str], seconds: float)
         encoder.encode(batch)
         spent += time.perf_counter() - started
         done += REFERENCE_BATCH
-    return {"model": str(model), "source": str(source), "threads": 1, "single_ms_p50": statistics.median(single) * 1000,
-            "paced_single_ms_p50": statistics.median(paced) * 1000, "paced_gap_ms": PACED_GAP_S * 1000,
+    return {"model": str(model), "source": str(source), "threads": 1, "single_ms_p50": single,
+            "paced_single_ms_p50": paced, "paced_gap_ms": PACED_GAP_S * 1000,
             "batch": REFERENCE_BATCH, "batch_texts_per_s": done / spent}
+
+
+def _single_p50_ms(encoder: ReferenceEncoder, texts: Iterator[str], seconds: float, *, gap: float) -> float:
+    """p50 ms of one-question calls for `seconds` (at least 20 calls), each after sleeping `gap` seconds."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 20:
+        text = next(texts)
+        if gap:
+            time.sleep(gap)
+        started = time.perf_counter()
+        encoder.encode([text])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
 
 
 def _cycle(items: Sequence[str]):  # noqa: ANN202 - a generator of str
