@@ -61,9 +61,9 @@ def ranking_features(similarity: np.ndarray, lexical: np.ndarray, fused: np.ndar
 class ConfidenceModel:
     """confidence = 100 * sigmoid(intercept + coef . (x - mean) / scale) over the named features.
 
-    `lexical_weight` and `coverage_weight` are the weights of the character score and of the coverage (by
-    idf weight) in the fused ranking the features are read from (`fused_scores`); `min_confidence` the default answer line; `margin` the fused-score gap under which two
-    FAQs that both clear the line are too close to call (0 = never ask back).
+    `lexical_weight`, `coverage_weight` and `answer_weight` are the weights of the fused ranking the features
+    are read from (`RankingWeights`); `min_confidence` the default answer line; `margin` the fused-score gap
+    under which two FAQs that both clear the line are too close to call (0 = never ask back).
     """
 
     features: tuple[str, ...]
@@ -75,6 +75,7 @@ class ConfidenceModel:
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     margin: float = 0.0
     coverage_weight: float = 0.0  # files written before it have none: their ranking had no coverage term
+    answer_weight: float = 0.0  # likewise: their ranking had no answer term
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.features if f not in FEATURES]
@@ -83,12 +84,17 @@ class ConfidenceModel:
         if not len(self.features) == len(self.coef) == len(self.mean) == len(self.scale):
             raise ConfidenceModelError("features, coef, mean and scale must have the same length")
         numbers = (*self.coef, *self.mean, *self.scale, self.intercept, self.lexical_weight, self.min_confidence,
-                   self.margin, self.coverage_weight)
+                   self.margin, self.coverage_weight, self.answer_weight)
         if not all(math.isfinite(v) for v in numbers) or any(s <= 0 for s in self.scale):
             raise ConfidenceModelError("confidence model numbers must be finite, scales positive")
         if (not 0.0 <= self.min_confidence <= 100.0 or self.lexical_weight < 0 or self.margin < 0
-                or self.coverage_weight < 0):
-            raise ConfidenceModelError("min_confidence must lie in 0..100, lexical_weight, coverage_weight and margin >= 0")
+                or self.coverage_weight < 0 or self.answer_weight < 0):
+            raise ConfidenceModelError("min_confidence must lie in 0..100; the ranking weights and margin >= 0")
+
+    @property
+    def ranking(self) -> RankingWeights:
+        """The weights of the ranking this model reads its features from."""
+        return RankingWeights(self.lexical_weight, self.coverage_weight, self.answer_weight)
 
     @property
     def _columns(self) -> list[int]:
@@ -104,7 +110,7 @@ class ConfidenceModel:
         return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept,
                 "mean": list(self.mean), "scale": list(self.scale), "lexical_weight": self.lexical_weight,
                 "min_confidence": self.min_confidence, "margin": self.margin,
-                "coverage_weight": self.coverage_weight}
+                "coverage_weight": self.coverage_weight, "answer_weight": self.answer_weight}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ConfidenceModel:
@@ -118,19 +124,38 @@ class ConfidenceModel:
                        lexical_weight=float(data.get("lexical_weight", DEFAULT_LEXICAL_WEIGHT)),  # type: ignore[arg-type]
                        min_confidence=float(data.get("min_confidence", DEFAULT_MIN_CONFIDENCE)),  # type: ignore[arg-type]
                        margin=float(data.get("margin", 0.0)),  # type: ignore[arg-type]
-                       coverage_weight=float(data.get("coverage_weight", 0.0)))  # type: ignore[arg-type]
+                       coverage_weight=float(data.get("coverage_weight", 0.0)),  # type: ignore[arg-type]
+                       answer_weight=float(data.get("answer_weight", 0.0)))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ConfidenceModelError):
                 raise
             raise ConfidenceModelError(f"cannot read the confidence model: {exc}") from exc
 
 
-def fused_scores(similarity: np.ndarray, lexical: np.ndarray, lexical_weight: float,
-                 coverage: np.ndarray | None = None, coverage_weight: float = 0.0) -> np.ndarray:
-    """The hybrid ranking score: dense cosine plus small weights of the character cosine and of how much of
-    the question the FAQ's characters cover (by idf weight)."""
-    fused = similarity + lexical_weight * lexical
-    return fused + coverage_weight * coverage if coverage is not None and coverage_weight > 0 else fused
+@dataclass(frozen=True)
+class RankingWeights:
+    """The weights of the hybrid ranking's terms on top of the dense cosine: the character cosine, the
+    coverage (by idf weight) and the query's cosine with the FAQ's answer (read only where answers speak
+    for their FAQ). Chosen on the fitting domains' top-1 (admin.quality.confidence_fit.choose_weight)."""
+
+    lexical: float = 0.0
+    coverage: float = 0.0
+    answer: float = 0.0
+
+    @property
+    def rescores(self) -> bool:
+        """Whether candidates are re-scored beyond their dense cosine."""
+        return self.lexical > 0 or self.coverage > 0 or self.answer > 0
+
+    def fuse(self, similarity: np.ndarray, lexical: np.ndarray, coverage: np.ndarray | None = None,
+             answer: np.ndarray | None = None) -> np.ndarray:
+        """The fused score of each candidate (arrays over the candidates; a term left None counts 0)."""
+        fused = similarity + self.lexical * lexical
+        if coverage is not None and self.coverage > 0:
+            fused = fused + self.coverage * coverage
+        if answer is not None and self.answer > 0:
+            fused = fused + self.answer * answer
+        return fused
 
 
 def feature_matrix(rows: Sequence[np.ndarray]) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 from faq import FAQ, KnowledgeBase
 from faq.errors import FaqbotError
 from index.calibration import SCOPE_SHIPPED, Calibration, default_calibration, shipped_calibration
-from index.confidence import ANSWER_EVIDENCE_MIN, REST_DEPTH, fused_scores, ranking_features
+from index.confidence import ANSWER_EVIDENCE_MIN, REST_DEPTH, RankingWeights, ranking_features
 from index.datadir import DataDir
 from index.encoders import Encoder, encode_in_chunks
 from index.lexical import LexicalIndex
@@ -202,8 +202,9 @@ class FaqIndex:
 
     def rank(self, queries: np.ndarray, texts: Sequence[str], *, depth: int = REST_DEPTH,
              tags: Sequence[str] | None = None) -> list[Ranking]:
-        """The hybrid ranking of each query (dense cosine + the calibration's weights of the character score and
-        of the coverage), `depth` FAQs deep, with the calibrated confidence that its first FAQ is the right one.
+        """The hybrid ranking of each query (dense cosine + the calibration's weights of the character score, of
+        the coverage and of the answer's cosine), `depth` FAQs deep, with the calibrated confidence that its first
+        FAQ is the right one.
 
         Without a confidence model in the calibration it is the dense ranking and confidence is None.
         """
@@ -211,24 +212,28 @@ class FaqIndex:
         found = self._dense_rows(queries, max(CANDIDATE_ROWS, depth * 8), tags)
         if found is None:
             return [self._ranking([], np.zeros(0), np.zeros(0), []) for _ in range(len(queries))]
-        weight = model.lexical_weight if model else 0.0
-        coverage_weight = model.coverage_weight if model else 0.0
-        rescored = weight > 0 or coverage_weight > 0
-        lexical_queries = self.lexical.queries(texts) if weight > 0 else None
+        weights = model.ranking if model else RankingWeights()
+        lexical_queries = self.lexical.queries(texts) if weights.lexical > 0 else None
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         rankings = []
         for i, (row_scores, row_ids) in enumerate(zip(*found, strict=True)):
-            positions, dense, matched = self._best_rows(row_scores, row_ids, CANDIDATE_FAQS if rescored else depth)
+            positions, dense, matched = self._best_rows(row_scores, row_ids, CANDIDATE_FAQS if weights.rescores else depth)
             lexical = self._faq_lexical(lexical_queries[i], positions) if lexical_queries is not None else np.zeros(len(positions))
             cover, cover_share = self.lexical.coverage(texts[i], positions) if model else (None, None)
-            fused = fused_scores(dense, lexical, weight, cover, coverage_weight)
+            answer = self.answers[positions] @ queries[i] if model and self.answers_speak and positions else None
+            fused = weights.fuse(dense, lexical, cover, answer)
             order = np.argsort(-fused, kind="stable")
             ordered = [positions[j] for j in order]
-            answer = self.answers[ordered[:REST_DEPTH]] @ queries[i] if model and ordered else np.zeros(0)
             top_cover = (float(cover[order[0]]), float(cover_share[order[0]])) if cover is not None and ordered else (0.0, 0.0)
             rankings.append(self._ranking(ordered, dense[order], lexical[order], [matched[j] for j in order],
-                                          fused[order], answer, depth, top_cover))
+                                          fused[order], answer[order][:REST_DEPTH] if answer is not None else None,
+                                          depth, top_cover))
         return rankings
+
+    @property
+    def answers_speak(self) -> bool:
+        """Whether the answers say which FAQ they belong to (not placeholders): only then are they read."""
+        return self.meta.answer_evidence >= ANSWER_EVIDENCE_MIN
 
     def _best_rows(self, row_scores: np.ndarray, row_ids: np.ndarray, limit: int,
                    ) -> tuple[list[int], np.ndarray, list[str]]:
@@ -255,9 +260,7 @@ class FaqIndex:
                  coverage: tuple[float, float] = (0.0, 0.0)) -> Ranking:
         fused = dense if fused is None else fused
         model = self.calibration.confidence
-        answers_speak = self.meta.answer_evidence >= ANSWER_EVIDENCE_MIN
-        features = ranking_features(dense, lexical, fused, len(self.faqs),
-                                    answer if answers_speak and answer is not None else None, coverage)
+        features = ranking_features(dense, lexical, fused, len(self.faqs), answer, coverage)
         confidence = float(model.confidence(features)[0]) if model and len(positions) else None
         faqs = tuple(RankedFaq(self.faqs[p].id, float(dense[j]), float(lexical[j]), float(fused[j]), matched[j])
                      for j, p in enumerate(positions[:depth]))

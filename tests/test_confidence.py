@@ -25,7 +25,14 @@ from admin.quality.evaluation import EvalQuery, reliability_bins
 from bot.matcher import Matcher
 from faq import FAQ, KnowledgeBase
 from index.calibration import Calibration
-from index.confidence import FEATURES, SINGLE_FAQ_GAP, ConfidenceModel, ConfidenceModelError, ranking_features
+from index.confidence import (
+    FEATURES,
+    SINGLE_FAQ_GAP,
+    ConfidenceModel,
+    ConfidenceModelError,
+    RankingWeights,
+    ranking_features,
+)
 from index.faq_index import IndexUnavailableError, answer_evidence, build_index, load_index, publish_index
 from index.lexical import LexicalIndex, lexical_form
 
@@ -123,17 +130,47 @@ def test_coverage_weighs_the_characters_the_top_faq_lacks_by_rarity() -> None:
     assert named["cover"] == by_weight[0] and named["cover_share"] == by_count[0]
 
 
-def test_coverage_weight_moves_the_ranking_and_old_models_read_without_it() -> None:
-    from index.confidence import fused_scores
-
-    dense, lexical, cover = np.array([0.90, 0.89]), np.array([0.2, 0.2]), np.array([0.3, 0.9])
-    assert np.argmax(fused_scores(dense, lexical, 0.05)) == 0
-    assert np.argmax(fused_scores(dense, lexical, 0.05, cover, 0.02)) == 1  # the FAQ that covers the question
+def test_ranking_weights_fuse_each_term_and_old_models_read_without_the_newer_ones() -> None:
+    dense, lexical = np.array([0.90, 0.89]), np.array([0.2, 0.2])
+    cover, answer = np.array([0.3, 0.9]), np.array([0.80, 0.88])
+    assert np.argmax(RankingWeights(lexical=0.05).fuse(dense, lexical, cover, answer)) == 0  # unset terms count 0
+    assert np.argmax(RankingWeights(0.05, coverage=0.02).fuse(dense, lexical, cover)) == 1  # it covers the question
+    assert np.argmax(RankingWeights(0.05, answer=0.3).fuse(dense, lexical, answer=answer)) == 1  # its answer fits
+    assert not RankingWeights().rescores and RankingWeights(answer=0.1).rescores
     old = ConfidenceModel.from_dict({"features": ["s1"], "coef": [1.0], "intercept": 0.0, "mean": [0.0],
                                      "scale": [1.0], "lexical_weight": 0.05})
-    assert old.coverage_weight == 0.0 and ConfidenceModel.from_dict(old.to_dict()) == old
-    with pytest.raises(ConfidenceModelError):
-        ConfidenceModel.from_dict({**old.to_dict(), "coverage_weight": -1})
+    assert old.ranking == RankingWeights(lexical=0.05) and ConfidenceModel.from_dict(old.to_dict()) == old
+    for term in ("coverage_weight", "answer_weight"):
+        with pytest.raises(ConfidenceModelError):
+            ConfidenceModel.from_dict({**old.to_dict(), term: -1})
+
+
+ANSWERED_KB = KnowledgeBase(faqs=(
+    FAQ(id="how", question="发票怎么开", answer="请联系人工客服处理"),
+    FAQ(id="title", question="发票抬头能改吗", answer="电子发票开具后在订单页重开即可修改抬头"),
+    FAQ(id="refund", question="退款多久到账", answer="退款三个工作日内到账"),
+))
+
+
+def test_answer_term_moves_the_ranking_only_where_answers_speak_for_their_faq() -> None:
+    enc = CharEncoder()
+    query = "电子发票开具"
+    vectors = enc.encode_queries([query])
+    (dense,) = build_index(ANSWERED_KB, enc, calibration=Calibration(confidence=model())).rank(vectors, [query])
+    assert dense.faqs[0].faq_id == "how"  # its question shares the most characters
+    index = build_index(ANSWERED_KB, enc, calibration=Calibration(confidence=model(answer_weight=1.0)))
+    assert index.answers_speak
+    (ranked,) = index.rank(vectors, [query])
+    top = ranked.faqs[0]
+    assert top.faq_id == "title"  # its answer is about exactly this
+    answer_cosine = float(index.answers[1] @ vectors[0])
+    assert top.score == pytest.approx(top.similarity + 0.05 * top.lexical + answer_cosine)
+    placeholders = KnowledgeBase(faqs=tuple(replace(f, answer=f"ANSWER {i}") for i, f in enumerate(ANSWERED_KB.faqs)))
+    mute = build_index(placeholders, enc, calibration=Calibration(confidence=model(answer_weight=1.0)))
+    assert not mute.answers_speak
+    (ranked,) = mute.rank(vectors, [query])
+    assert ranked.faqs[0].faq_id == "how" and ranked.faqs[0].score == pytest.approx(
+        ranked.faqs[0].similarity + 0.05 * ranked.faqs[0].lexical)
 
 
 def test_answer_evidence_is_high_for_real_answers_and_low_for_placeholders() -> None:
@@ -218,10 +255,10 @@ def synthetic(name: str, rng: np.random.Generator, n: int = 200, shift: float = 
 def test_fit_and_leave_one_domain_out_on_separable_domains() -> None:
     rng = np.random.default_rng(3)
     scored = [synthetic(f"d{i}", rng, shift=0.005 * i) for i in range(4)]
-    m = fit_confidence(scored, features=("s1", "gap2"), lexical_weight=0.05)
+    m = fit_confidence(scored, features=("s1", "gap2"), weights=RankingWeights(lexical=0.05))
     assert all(c > 0 for c in m.coef)
     rows, held_out = leave_one_domain_out(scored, [synthetic("extra", rng)], 0.99, features=("s1", "gap2"),
-                                          lexical_weight=0.05)
+                                          weights=RankingWeights(lexical=0.05))
     assert [r.fitted for r in rows] == [True] * 4 + [False]
     for r in rows:
         assert r.old_rule < 0.5 < r.confidence_rule  # 0.99 refuses almost everything
@@ -294,3 +331,29 @@ def test_golden_tuning_moves_the_line_only_on_a_clear_gain_with_enough_questions
     assert moved.confidence is not None and moved.confidence.min_confidence == many.adopted and moved.is_local
     fair = tune_on_golden(KB, enc, Calibration(confidence=model()), golden_cases(24, 6))
     assert fair.adopted is None  # the line in force already answers them: nothing to gain
+
+
+def test_fit_from_domains_chooses_each_ranking_weight_in_turn_and_reports_them(tmp_path: Path) -> None:
+    from admin.quality.confidence_fit import fit_from_domains
+    from admin.quality.confidence_report import write_confidence_report
+
+    def domain(name: str, kb: KnowledgeBase, asked: list[tuple[str, str | None]]) -> Domain:
+        return Domain(name, name, kb, tuple(EvalQuery(q, e) for q, e in asked))
+
+    asked = [("电子发票开具", "title"), ("发票怎么开呢", "how"), ("退款几天到账", "refund"), ("抬头能改吗", "title"),
+             ("今天天气好", None), ("你是谁", None)]
+    domains = [domain("answered", ANSWERED_KB, asked),
+               domain("plain", KB, [("可以开票吗", "invoice"), ("退款多久", "refund"), ("多久发货", "ship"),
+                                    ("天气如何", None), ("讲个笑话", None)])]
+    grids = {"lexical": (0.0, 0.05), "coverage": (0.0, 0.01), "answer": (0.0, 1.0)}
+    fit = fit_from_domains(domains, CharEncoder(), old_threshold=0.9, grids=grids)
+    assert list(fit.top1_by_term) == ["lexical", "coverage", "answer"]
+    for term, grid in grids.items():
+        assert set(fit.top1_by_term[term]) == set(grid)
+        assert getattr(fit.model.ranking, term) in grid
+    # On the answered KB the answer term puts 电子发票开具 on the FAQ whose answer is about it.
+    assert fit.top1_by_term["answer"][1.0][0] > fit.top1_by_term["answer"][0.0][0]
+    assert fit.model.answer_weight == 1.0
+    assert [r.group for r in fit.rows] == ["answered", "plain"]
+    report = write_confidence_report(fit, tmp_path, command="faqbot calibrate ...", encoder="chars:test").read_text()
+    assert "answer 1" in report and "by answer weight 0: " in report

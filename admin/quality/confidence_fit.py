@@ -24,7 +24,7 @@ from admin.quality.evaluation import EvalQuery, LabelledPair, ReliabilityBin, is
 from faq import KnowledgeBase, load_kb
 from faq.golden import golden_file, load_golden
 from index.calibration import Calibration
-from index.confidence import FEATURES, ConfidenceModel, feature_matrix
+from index.confidence import FEATURES, ConfidenceModel, RankingWeights, feature_matrix
 from index.encoders import Encoder, encode_in_chunks
 from index.faq_index import build_index
 
@@ -34,6 +34,9 @@ GRADED_POSITIVE = 4.0  # a 0-5 similarity score at or above this is a paraphrase
 MIN_DOMAIN_QUERIES = 20
 LEXICAL_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
 COVERAGE_WEIGHTS = (0.0, 0.01, 0.02, 0.05)  # tried after the lexical weight is chosen, on top of it
+# Tried last, on top of both. Only KBs with real answers (our ten) carry evidence for it, and we wrote them: the
+# grid stops below 0.4, where one of them (airline) first loses a question of top-1 (docs/quality.md).
+ANSWER_WEIGHTS = (0.0, 0.1, 0.2, 0.3)
 # Inverse L2 strength of the logistic fit. Leave-one-domain-out on the dev domains (4 Dec 2026, C in 0.1, 0.3,
 # 1, 3, 10): 0.1 had the best mean gap to each domain's best threshold (-0.0002 vs -0.0022 at 1) and kept 11 of
 # 13 domains within 2 points (10 at 1): a model that leans less on any one feature carries over better.
@@ -131,18 +134,19 @@ def kb_domains(paths: Sequence[Path]) -> list[Domain]:
 # --- scoring -----------------------------------------------------------------------------------
 
 
-def probe_calibration(lexical_weight: float, coverage_weight: float = 0.0) -> Calibration:
+def probe_calibration(weights: RankingWeights) -> Calibration:
     """A calibration whose model only sets the ranking's weights: rank() then returns fused features."""
     probe = ConfidenceModel(features=("s1",), coef=(0.0,), intercept=0.0, mean=(0.0,), scale=(1.0,),
-                            lexical_weight=lexical_weight, coverage_weight=coverage_weight)
+                            lexical_weight=weights.lexical, coverage_weight=weights.coverage,
+                            answer_weight=weights.answer)
     return Calibration(confidence=probe)
 
 
-def score_domain(domain: Domain, encoder: Encoder, lexical_weight: float, coverage_weight: float = 0.0) -> ScoredDomain:
+def score_domain(domain: Domain, encoder: Encoder, weights: RankingWeights) -> ScoredDomain:
     """Rank every question of the domain through the real index, fused and dense-only."""
     texts = [q.query for q in domain.queries]
     vectors = encode_in_chunks(encoder.encode_queries, texts, encoder.dim)
-    fused_index = build_index(domain.kb, encoder, calibration=probe_calibration(lexical_weight, coverage_weight))
+    fused_index = build_index(domain.kb, encoder, calibration=probe_calibration(weights))
     dense_index = build_index(domain.kb, encoder, calibration=Calibration())
     fused = fused_index.rank(vectors, texts)
     dense = dense_index.rank(vectors, texts, depth=1)
@@ -160,11 +164,11 @@ def score_domain(domain: Domain, encoder: Encoder, lexical_weight: float, covera
     )
 
 
-def score_domains(domains: Sequence[Domain], encoder: Encoder, lexical_weight: float,
-                  progress: Progress | None = None, coverage_weight: float = 0.0) -> list[ScoredDomain]:
+def score_domains(domains: Sequence[Domain], encoder: Encoder, weights: RankingWeights,
+                  progress: Progress | None = None) -> list[ScoredDomain]:
     scored = []
     for domain in domains:
-        scored.append(score_domain(domain, encoder, lexical_weight, coverage_weight))
+        scored.append(score_domain(domain, encoder, weights))
         if progress:
             progress(len(domain.queries) + len(domain.kb.texts()))
     return scored
@@ -182,9 +186,8 @@ def _weights(scored: Sequence[ScoredDomain]) -> np.ndarray:
                            for s in scored])
 
 
-def fit_confidence(scored: Sequence[ScoredDomain], *, features: Sequence[str] = FEATURES, lexical_weight: float,
-                   min_confidence: float = 50.0, regularisation: float = REGULARISATION,
-                   coverage_weight: float = 0.0) -> ConfidenceModel:
+def fit_confidence(scored: Sequence[ScoredDomain], *, features: Sequence[str] = FEATURES, weights: RankingWeights,
+                   min_confidence: float = 50.0, regularisation: float = REGULARISATION) -> ConfidenceModel:
     """Logistic regression of 'top FAQ is right' on the named features (standardised), domains weighing alike."""
     from sklearn.linear_model import LogisticRegression
 
@@ -195,13 +198,14 @@ def fit_confidence(scored: Sequence[ScoredDomain], *, features: Sequence[str] = 
         raise ValueError("the fitting domains need both right and wrong top answers")
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale <= 1e-9] = 1.0
-    weights = _weights(scored)
+    sample_weight = _weights(scored)
     model = LogisticRegression(C=regularisation, max_iter=2000)
-    model.fit((x - mean) / scale, y, sample_weight=weights * len(y) / weights.sum())
+    model.fit((x - mean) / scale, y, sample_weight=sample_weight * len(y) / sample_weight.sum())
     return ConfidenceModel(features=tuple(features), coef=tuple(float(c) for c in model.coef_[0]),
                            intercept=float(model.intercept_[0]), mean=tuple(float(m) for m in mean),
-                           scale=tuple(float(s) for s in scale), lexical_weight=lexical_weight,
-                           min_confidence=min_confidence, coverage_weight=coverage_weight)
+                           scale=tuple(float(s) for s in scale), lexical_weight=weights.lexical,
+                           min_confidence=min_confidence, coverage_weight=weights.coverage,
+                           answer_weight=weights.answer)
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -257,7 +261,7 @@ def judge(scored: ScoredDomain, model: ConfidenceModel, old_threshold: float, *,
 
 
 def leave_one_domain_out(scored: Sequence[ScoredDomain], extra: Sequence[ScoredDomain], old_threshold: float, *,
-                         features: Sequence[str] = FEATURES, lexical_weight: float, coverage_weight: float = 0.0,
+                         features: Sequence[str] = FEATURES, weights: RankingWeights,
                          ) -> tuple[list[DomainRow], list[tuple[str, np.ndarray, np.ndarray]]]:
     """Each group read by a model fitted on the others; `extra` domains (not fitted on) by the full model.
 
@@ -265,13 +269,12 @@ def leave_one_domain_out(scored: Sequence[ScoredDomain], extra: Sequence[ScoredD
     """
     rows, held_out = [], []
     for group in dict.fromkeys(s.domain.group for s in scored):
-        model = fit_confidence([s for s in scored if s.domain.group != group], features=features,
-                               lexical_weight=lexical_weight, coverage_weight=coverage_weight)
+        model = fit_confidence([s for s in scored if s.domain.group != group], features=features, weights=weights)
         for s in (s for s in scored if s.domain.group == group):
             row, confidence = judge(s, model, old_threshold, fitted=True)
             rows.append(row)
             held_out.append((group, confidence, s.top_right))
-    full = fit_confidence(scored, features=features, lexical_weight=lexical_weight, coverage_weight=coverage_weight)
+    full = fit_confidence(scored, features=features, weights=weights)
     rows.extend(judge(s, full, old_threshold, fitted=False)[0] for s in extra)
     return rows, held_out
 
@@ -317,35 +320,39 @@ def choose_weight(top1_by_weight: dict[float, list[float]], in_scope: Sequence[i
 
 @dataclass(frozen=True)
 class ConfidenceFit:
-    """The shipped model fitted on every domain, and the evidence for it (held-out rows, reliability, top-1)."""
+    """The shipped model fitted on every domain, and the evidence for it (held-out rows, reliability, top-1
+    per domain for each weight tried of each ranking term, in the order they were chosen)."""
 
     model: ConfidenceModel
     rows: list[DomainRow]
     reliability: list[ReliabilityBin]
-    top1_by_weight: dict[float, list[float]]
+    top1_by_term: dict[str, dict[float, list[float]]]
     domain_names: list[str]
     old_threshold: float
-    top1_by_coverage_weight: dict[float, list[float]] | None = None
 
 
 def fit_from_domains(domains: Sequence[Domain], encoder: Encoder, *, old_threshold: float,
                      extra: Sequence[Domain] = (), features: Sequence[str] = FEATURES,
-                     weights: Sequence[float] = LEXICAL_WEIGHTS, coverage_weights: Sequence[float] = COVERAGE_WEIGHTS,
+                     grids: dict[str, Sequence[float]] | None = None,
                      progress: Progress | None = None) -> ConfidenceFit:
-    """Choose the ranking's lexical, then coverage weight on top-1, judge leave-one-domain-out, fit the final
-    model on every domain."""
-    scored_by_weight = {w: score_domains(domains, encoder, w, progress) for w in weights}
-    top1 = {w: [s.top1 for s in scored] for w, scored in scored_by_weight.items()}
-    in_scope = [int(s.in_scope.sum()) for s in scored_by_weight[weights[0]]]
-    weight = choose_weight(top1, in_scope) if 0.0 in top1 else weights[0]
-    by_coverage = {c: scored_by_weight[weight] if c == 0.0 else score_domains(domains, encoder, weight, progress, c)
-                   for c in coverage_weights}
-    top1_coverage = {c: [s.top1 for s in scored] for c, scored in by_coverage.items()}
-    coverage = choose_weight(top1_coverage, in_scope) if 0.0 in top1_coverage else coverage_weights[0]
-    scored = by_coverage[coverage]
-    extra_scored = score_domains(extra, encoder, weight, progress, coverage)
-    rows, held_out = leave_one_domain_out(scored, extra_scored, old_threshold, features=features, lexical_weight=weight,
-                                          coverage_weight=coverage)
-    model = fit_confidence(scored, features=features, lexical_weight=weight, coverage_weight=coverage)
-    return ConfidenceFit(model, rows, reliability(held_out), top1, [d.name for d in domains], old_threshold,
-                         top1_coverage)
+    """Choose the ranking's weights term by term (lexical, coverage, answer) on top-1, each on top of the ones
+    already chosen; judge leave-one-domain-out; fit the final model on every domain.
+
+    `grids` maps a term of `RankingWeights` to the weights tried for it (default LEXICAL_WEIGHTS,
+    COVERAGE_WEIGHTS, ANSWER_WEIGHTS); a grid without 0 takes its first weight.
+    """
+    grids = grids or {"lexical": LEXICAL_WEIGHTS, "coverage": COVERAGE_WEIGHTS, "answer": ANSWER_WEIGHTS}
+    chosen = RankingWeights()
+    scored = score_domains(domains, encoder, chosen, progress)
+    in_scope = [int(s.in_scope.sum()) for s in scored]
+    top1_by_term: dict[str, dict[float, list[float]]] = {}
+    for term, grid in grids.items():
+        by_weight = {w: scored if w == getattr(chosen, term) else
+                     score_domains(domains, encoder, replace(chosen, **{term: w}), progress) for w in grid}
+        top1 = {w: [s.top1 for s in sc] for w, sc in by_weight.items()}
+        weight = choose_weight(top1, in_scope) if 0.0 in top1 else grid[0]
+        chosen, scored, top1_by_term[term] = replace(chosen, **{term: weight}), by_weight[weight], top1
+    extra_scored = score_domains(extra, encoder, chosen, progress)
+    rows, held_out = leave_one_domain_out(scored, extra_scored, old_threshold, features=features, weights=chosen)
+    model = fit_confidence(scored, features=features, weights=chosen)
+    return ConfidenceFit(model, rows, reliability(held_out), top1_by_term, [d.name for d in domains], old_threshold)

@@ -49,16 +49,15 @@ def write_confidence_report(fit: ConfidenceFit, out_dir: Path, *, command: str, 
                      "Reliability, every domain held out (domains weigh alike)")
     plot_domains(grouped, out_dir / "confidence_domains.png")
     m = fit.model
-    weights = " · ".join(f"{w:g}: {np.mean(t):.4f}" for w, t in fit.top1_by_weight.items())
-    coverage = " · ".join(f"{w:g}: {np.mean(t):.4f}" for w, t in (fit.top1_by_coverage_weight or {}).items())
+    steps = "; then ".join(f"by {term} weight " + " · ".join(f"{w:g}: {np.mean(t):.4f}" for w, t in top1.items())
+                           for term, top1 in fit.top1_by_term.items())
     lines = [
         "# Confidence model: leave-one-domain-out", "",
         f"Encoder `{encoder}`. Command: `{command}`", "",
         f"Domains ({len(fit.domain_names)}): {', '.join(fit.domain_names)}.", "",
-        f"Model: logistic over {', '.join(m.features)}; lexical weight {m.lexical_weight:g}; "
-        f"coverage weight {m.coverage_weight:g}; answers at confidence >= {m.min_confidence:g}.",
-        f"Mean top-1 over domains by lexical weight: {weights}."
-        + (f" Then by coverage weight (on top of lexical {m.lexical_weight:g}): {coverage}." if coverage else ""), "",
+        f"Model: logistic over {', '.join(m.features)}; ranking weights: lexical {m.lexical_weight:g}, "
+        f"coverage {m.coverage_weight:g}, answer {m.answer_weight:g}; answers at confidence >= {m.min_confidence:g}.",
+        f"Mean top-1 over domains, each term on top of the weights chosen before it: {steps}.", "",
         f"Each row is read by a model fitted without that domain (all its sizes and variants). The old rule is the "
         f"dense ranking with the shipped cosine threshold {fit.old_threshold:.4f}; best threshold is the cosine "
         "threshold chosen on the domain itself (an oracle).", "",
