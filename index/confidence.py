@@ -61,8 +61,8 @@ def ranking_features(similarity: np.ndarray, lexical: np.ndarray, fused: np.ndar
 class ConfidenceModel:
     """confidence = 100 * sigmoid(intercept + coef . (x - mean) / scale) over the named features.
 
-    `lexical_weight`, `coverage_weight` and `answer_weight` are the weights of the fused ranking the features
-    are read from (`RankingWeights`); `min_confidence` the default answer line; `margin` the fused-score gap
+    `lexical_weight`, `coverage_weight`, `answer_weight` and `answer_lexical_weight` are the weights of the
+    fused ranking the features are read from (`RankingWeights`); `min_confidence` the default answer line; `margin` the fused-score gap
     under which two FAQs that both clear the line are too close to call (0 = never ask back).
     """
 
@@ -76,6 +76,7 @@ class ConfidenceModel:
     margin: float = 0.0
     coverage_weight: float = 0.0  # files written before it have none: their ranking had no coverage term
     answer_weight: float = 0.0  # likewise: their ranking had no answer term
+    answer_lexical_weight: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.features if f not in FEATURES]
@@ -84,17 +85,17 @@ class ConfidenceModel:
         if not len(self.features) == len(self.coef) == len(self.mean) == len(self.scale):
             raise ConfidenceModelError("features, coef, mean and scale must have the same length")
         numbers = (*self.coef, *self.mean, *self.scale, self.intercept, self.lexical_weight, self.min_confidence,
-                   self.margin, self.coverage_weight, self.answer_weight)
+                   self.margin, self.coverage_weight, self.answer_weight, self.answer_lexical_weight)
         if not all(math.isfinite(v) for v in numbers) or any(s <= 0 for s in self.scale):
             raise ConfidenceModelError("confidence model numbers must be finite, scales positive")
         if (not 0.0 <= self.min_confidence <= 100.0 or self.lexical_weight < 0 or self.margin < 0
-                or self.coverage_weight < 0 or self.answer_weight < 0):
+                or min(self.coverage_weight, self.answer_weight, self.answer_lexical_weight) < 0):
             raise ConfidenceModelError("min_confidence must lie in 0..100; the ranking weights and margin >= 0")
 
     @property
     def ranking(self) -> RankingWeights:
         """The weights of the ranking this model reads its features from."""
-        return RankingWeights(self.lexical_weight, self.coverage_weight, self.answer_weight)
+        return RankingWeights(self.lexical_weight, self.coverage_weight, self.answer_weight, self.answer_lexical_weight)
 
     @property
     def _columns(self) -> list[int]:
@@ -110,7 +111,8 @@ class ConfidenceModel:
         return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept,
                 "mean": list(self.mean), "scale": list(self.scale), "lexical_weight": self.lexical_weight,
                 "min_confidence": self.min_confidence, "margin": self.margin,
-                "coverage_weight": self.coverage_weight, "answer_weight": self.answer_weight}
+                "coverage_weight": self.coverage_weight, "answer_weight": self.answer_weight,
+                "answer_lexical_weight": self.answer_lexical_weight}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ConfidenceModel:
@@ -125,7 +127,8 @@ class ConfidenceModel:
                        min_confidence=float(data.get("min_confidence", DEFAULT_MIN_CONFIDENCE)),  # type: ignore[arg-type]
                        margin=float(data.get("margin", 0.0)),  # type: ignore[arg-type]
                        coverage_weight=float(data.get("coverage_weight", 0.0)),  # type: ignore[arg-type]
-                       answer_weight=float(data.get("answer_weight", 0.0)))  # type: ignore[arg-type]
+                       answer_weight=float(data.get("answer_weight", 0.0)),  # type: ignore[arg-type]
+                       answer_lexical_weight=float(data.get("answer_lexical_weight", 0.0)))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ConfidenceModelError):
                 raise
@@ -135,26 +138,27 @@ class ConfidenceModel:
 @dataclass(frozen=True)
 class RankingWeights:
     """The weights of the hybrid ranking's terms on top of the dense cosine: the character cosine, the
-    coverage (by idf weight) and the query's cosine with the FAQ's answer (read only where answers speak
-    for their FAQ). Chosen on the fitting domains' top-1 (admin.quality.confidence_fit.choose_weight)."""
+    coverage (by idf weight), and the query's dense and character cosines with the FAQ's answer (read only
+    where answers speak for their FAQ). Chosen on the fitting domains' top-1
+    (admin.quality.confidence_fit.choose_weight)."""
 
     lexical: float = 0.0
     coverage: float = 0.0
     answer: float = 0.0
+    answer_lexical: float = 0.0
 
     @property
     def rescores(self) -> bool:
         """Whether candidates are re-scored beyond their dense cosine."""
-        return self.lexical > 0 or self.coverage > 0 or self.answer > 0
+        return self.lexical > 0 or self.coverage > 0 or self.answer > 0 or self.answer_lexical > 0
 
     def fuse(self, similarity: np.ndarray, lexical: np.ndarray, coverage: np.ndarray | None = None,
-             answer: np.ndarray | None = None) -> np.ndarray:
+             answer: np.ndarray | None = None, answer_lexical: np.ndarray | None = None) -> np.ndarray:
         """The fused score of each candidate (arrays over the candidates; a term left None counts 0)."""
         fused = similarity + self.lexical * lexical
-        if coverage is not None and self.coverage > 0:
-            fused = fused + self.coverage * coverage
-        if answer is not None and self.answer > 0:
-            fused = fused + self.answer * answer
+        for weight, term in ((self.coverage, coverage), (self.answer, answer), (self.answer_lexical, answer_lexical)):
+            if term is not None and weight > 0:
+                fused = fused + weight * term
         return fused
 
 

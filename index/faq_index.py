@@ -152,6 +152,7 @@ class FaqIndex:
         self.row_text = list(row_text)
         self.vectors = vectors
         self._lexical: LexicalIndex | None = None
+        self._answer_lexical: LexicalIndex | None = None
         self._faq_rows = _rows_per_faq(self.row_faq, len(self.faqs))
         self._rows_by_tag: dict[str, np.ndarray] = {}
         for tag in {t for f in self.faqs for t in f.tags}:
@@ -167,9 +168,12 @@ class FaqIndex:
         return self.meta.calibration
 
     def prepare(self) -> None:
-        """Build what the ranking reads lazily (the character index), so serving never pays for it in a request."""
-        if self.calibration.confidence is not None:  # its features read the character index
+        """Build what the ranking reads lazily (the character indexes), so serving never pays for it in a request."""
+        model = self.calibration.confidence
+        if model is not None:  # its features read the character index
             _ = self.lexical
+            if model.answer_lexical_weight > 0 and self.answers_speak:
+                _ = self.answer_lexical
 
     @property
     def lexical(self) -> LexicalIndex:
@@ -177,6 +181,13 @@ class FaqIndex:
         if self._lexical is None:
             self._lexical = LexicalIndex(self.row_text, self.row_faq, len(self.faqs))
         return self._lexical
+
+    @property
+    def answer_lexical(self) -> LexicalIndex:
+        """The character index of the FAQs' answers (one row per FAQ), built on first use like `lexical`."""
+        if self._answer_lexical is None:
+            self._answer_lexical = LexicalIndex([f.answer for f in self.faqs])
+        return self._answer_lexical
 
     def _dense_rows(self, queries: np.ndarray, k_rows: int, tags: Sequence[str] | None,
                     ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -203,7 +214,7 @@ class FaqIndex:
     def rank(self, queries: np.ndarray, texts: Sequence[str], *, depth: int = REST_DEPTH,
              tags: Sequence[str] | None = None) -> list[Ranking]:
         """The hybrid ranking of each query (dense cosine + the calibration's weights of the character score, of
-        the coverage and of the answer's cosine), `depth` FAQs deep, with the calibrated confidence that its first
+        the coverage and of the answer's dense and character cosines), `depth` FAQs deep, with the calibrated confidence that its first
         FAQ is the right one.
 
         Without a confidence model in the calibration it is the dense ranking and confidence is None.
@@ -214,14 +225,19 @@ class FaqIndex:
             return [self._ranking([], np.zeros(0), np.zeros(0), []) for _ in range(len(queries))]
         weights = model.ranking if model else RankingWeights()
         lexical_queries = self.lexical.queries(texts) if weights.lexical > 0 else None
+        answers_read = model is not None and self.answers_speak
+        answer_queries = (self.answer_lexical.queries(texts) if answers_read and weights.answer_lexical > 0
+                          else None)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         rankings = []
         for i, (row_scores, row_ids) in enumerate(zip(*found, strict=True)):
             positions, dense, matched = self._best_rows(row_scores, row_ids, CANDIDATE_FAQS if weights.rescores else depth)
             lexical = self._faq_lexical(lexical_queries[i], positions) if lexical_queries is not None else np.zeros(len(positions))
             cover, cover_share = self.lexical.coverage(texts[i], positions) if model else (None, None)
-            answer = self.answers[positions] @ queries[i] if model and self.answers_speak and positions else None
-            fused = weights.fuse(dense, lexical, cover, answer)
+            answer = self.answers[positions] @ queries[i] if answers_read and positions else None
+            answer_lexical = (self.answer_lexical.scores(answer_queries[i], np.asarray(positions, dtype=np.int64))
+                              if answer_queries is not None and positions else None)
+            fused = weights.fuse(dense, lexical, cover, answer, answer_lexical)
             order = np.argsort(-fused, kind="stable")
             ordered = [positions[j] for j in order]
             top_cover = (float(cover[order[0]]), float(cover_share[order[0]])) if cover is not None and ordered else (0.0, 0.0)

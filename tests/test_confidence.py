@@ -136,11 +136,13 @@ def test_ranking_weights_fuse_each_term_and_old_models_read_without_the_newer_on
     assert np.argmax(RankingWeights(lexical=0.05).fuse(dense, lexical, cover, answer)) == 0  # unset terms count 0
     assert np.argmax(RankingWeights(0.05, coverage=0.02).fuse(dense, lexical, cover)) == 1  # it covers the question
     assert np.argmax(RankingWeights(0.05, answer=0.3).fuse(dense, lexical, answer=answer)) == 1  # its answer fits
+    assert np.argmax(RankingWeights(0.05, answer_lexical=0.1).fuse(dense, lexical, answer_lexical=cover)) == 1
     assert not RankingWeights().rescores and RankingWeights(answer=0.1).rescores
+    assert RankingWeights(answer_lexical=0.01).rescores
     old = ConfidenceModel.from_dict({"features": ["s1"], "coef": [1.0], "intercept": 0.0, "mean": [0.0],
                                      "scale": [1.0], "lexical_weight": 0.05})
     assert old.ranking == RankingWeights(lexical=0.05) and ConfidenceModel.from_dict(old.to_dict()) == old
-    for term in ("coverage_weight", "answer_weight"):
+    for term in ("coverage_weight", "answer_weight", "answer_lexical_weight"):
         with pytest.raises(ConfidenceModelError):
             ConfidenceModel.from_dict({**old.to_dict(), term: -1})
 
@@ -165,8 +167,16 @@ def test_answer_term_moves_the_ranking_only_where_answers_speak_for_their_faq() 
     assert top.faq_id == "title"  # its answer is about exactly this
     answer_cosine = float(index.answers[1] @ vectors[0])
     assert top.score == pytest.approx(top.similarity + 0.05 * top.lexical + answer_cosine)
+    by_chars = build_index(ANSWERED_KB, enc, calibration=Calibration(confidence=model(answer_lexical_weight=1.0)))
+    by_chars.prepare()
+    (ranked,) = by_chars.rank(vectors, [query])
+    top = ranked.faqs[0]
+    assert top.faq_id == "title"  # its answer shares the query's characters
+    answer_chars = float(by_chars.answer_lexical.scores(by_chars.answer_lexical.queries([query])[0], np.array([1]))[0])
+    assert answer_chars > 0.5 and top.score == pytest.approx(top.similarity + 0.05 * top.lexical + answer_chars)
     placeholders = KnowledgeBase(faqs=tuple(replace(f, answer=f"ANSWER {i}") for i, f in enumerate(ANSWERED_KB.faqs)))
-    mute = build_index(placeholders, enc, calibration=Calibration(confidence=model(answer_weight=1.0)))
+    mute = build_index(placeholders, enc, calibration=Calibration(confidence=model(answer_weight=1.0,
+                                                                                    answer_lexical_weight=1.0)))
     assert not mute.answers_speak
     (ranked,) = mute.rank(vectors, [query])
     assert ranked.faqs[0].faq_id == "how" and ranked.faqs[0].score == pytest.approx(

@@ -197,9 +197,7 @@ def _store(settings: Settings, encoder: Encoder, calibration: Calibration) -> No
 def _fit_confidence(args: argparse.Namespace, encoder: Encoder, base: Calibration) -> Calibration:
     """Fit the confidence model on pair-file and KB domains (maintainers: how the shipped one is made)."""
     from admin.quality.confidence_fit import (
-        ANSWER_WEIGHTS,
-        COVERAGE_WEIGHTS,
-        LEXICAL_WEIGHTS,
+        RANKING_GRIDS,
         fit_from_domains,
         group_rows,
         kb_domains,
@@ -210,13 +208,13 @@ def _fit_confidence(args: argparse.Namespace, encoder: Encoder, base: Calibratio
     domains = pair_domains(read_pair_files(args.confidence_pairs or [], max_pairs=args.max_pairs))
     domains += kb_domains(args.confidence_kbs or [])
     extra = pair_domains(read_pair_files(args.extra_pairs or [], max_pairs=args.max_pairs), sizes=(800,))
-    passes = 1 + sum(len(grid) - 1 for grid in (LEXICAL_WEIGHTS, COVERAGE_WEIGHTS, ANSWER_WEIGHTS))  # each weight tried
+    passes = 1 + sum(len(grid) - 1 for grid in RANKING_GRIDS.values())  # each weight tried
     total = sum(len(d.queries) + len(d.kb.texts()) for d in domains) * passes + sum(
         len(d.queries) + len(d.kb.texts()) for d in extra)
     fit = fit_from_domains(domains, CachingEncoder(encoder), old_threshold=base.threshold, extra=extra,
                            progress=progress_bar("scoring domains")(total))
-    print(f"confidence model on {len(domains)} domains: lexical weight {fit.model.lexical_weight:g}, "
-          f"coverage weight {fit.model.coverage_weight:g}, answer weight {fit.model.answer_weight:g}, "
+    weights = ", ".join(f"{term} weight {w:g}" for term, w in vars(fit.model.ranking).items())
+    print(f"confidence model on {len(domains)} domains: {weights}, "
           f"features {', '.join(fit.model.features)}")
     print("  held-out domain          old rule  best thr  confidence  vs best  top-1 dense->hybrid")
     for r in group_rows(fit.rows):

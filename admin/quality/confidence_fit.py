@@ -37,6 +37,10 @@ COVERAGE_WEIGHTS = (0.0, 0.01, 0.02, 0.05)  # tried after the lexical weight is 
 # Tried last, on top of both. Only KBs with real answers (our ten) carry evidence for it, and we wrote them: the
 # grid stops below 0.4, where one of them (airline) first loses a question of top-1 (docs/quality.md).
 ANSWER_WEIGHTS = (0.0, 0.1, 0.2, 0.3)
+# The answer's character cosine, on top of all three; the grid stops below 0.04 for the same reason (courses).
+ANSWER_LEXICAL_WEIGHTS = (0.0, 0.01, 0.02, 0.03)
+RANKING_GRIDS: dict[str, Sequence[float]] = {"lexical": LEXICAL_WEIGHTS, "coverage": COVERAGE_WEIGHTS,
+                                              "answer": ANSWER_WEIGHTS, "answer_lexical": ANSWER_LEXICAL_WEIGHTS}
 # Inverse L2 strength of the logistic fit. Leave-one-domain-out on the dev domains (4 Dec 2026, C in 0.1, 0.3,
 # 1, 3, 10): 0.1 had the best mean gap to each domain's best threshold (-0.0002 vs -0.0022 at 1) and kept 11 of
 # 13 domains within 2 points (10 at 1): a model that leans less on any one feature carries over better.
@@ -138,7 +142,7 @@ def probe_calibration(weights: RankingWeights) -> Calibration:
     """A calibration whose model only sets the ranking's weights: rank() then returns fused features."""
     probe = ConfidenceModel(features=("s1",), coef=(0.0,), intercept=0.0, mean=(0.0,), scale=(1.0,),
                             lexical_weight=weights.lexical, coverage_weight=weights.coverage,
-                            answer_weight=weights.answer)
+                            answer_weight=weights.answer, answer_lexical_weight=weights.answer_lexical)
     return Calibration(confidence=probe)
 
 
@@ -205,7 +209,7 @@ def fit_confidence(scored: Sequence[ScoredDomain], *, features: Sequence[str] = 
                            intercept=float(model.intercept_[0]), mean=tuple(float(m) for m in mean),
                            scale=tuple(float(s) for s in scale), lexical_weight=weights.lexical,
                            min_confidence=min_confidence, coverage_weight=weights.coverage,
-                           answer_weight=weights.answer)
+                           answer_weight=weights.answer, answer_lexical_weight=weights.answer_lexical)
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -335,13 +339,13 @@ def fit_from_domains(domains: Sequence[Domain], encoder: Encoder, *, old_thresho
                      extra: Sequence[Domain] = (), features: Sequence[str] = FEATURES,
                      grids: dict[str, Sequence[float]] | None = None,
                      progress: Progress | None = None) -> ConfidenceFit:
-    """Choose the ranking's weights term by term (lexical, coverage, answer) on top-1, each on top of the ones
+    """Choose the ranking's weights term by term (`RANKING_GRIDS`' order) on top-1, each on top of the ones
     already chosen; judge leave-one-domain-out; fit the final model on every domain.
 
-    `grids` maps a term of `RankingWeights` to the weights tried for it (default LEXICAL_WEIGHTS,
-    COVERAGE_WEIGHTS, ANSWER_WEIGHTS); a grid without 0 takes its first weight.
+    `grids` maps a term of `RankingWeights` to the weights tried for it (default `RANKING_GRIDS`); a grid
+    without 0 takes its first weight.
     """
-    grids = grids or {"lexical": LEXICAL_WEIGHTS, "coverage": COVERAGE_WEIGHTS, "answer": ANSWER_WEIGHTS}
+    grids = grids or RANKING_GRIDS
     chosen = RankingWeights()
     scored = score_domains(domains, encoder, chosen, progress)
     in_scope = [int(s.in_scope.sum()) for s in scored]

@@ -55,8 +55,9 @@ def write_confidence_report(fit: ConfidenceFit, out_dir: Path, *, command: str, 
         "# Confidence model: leave-one-domain-out", "",
         f"Encoder `{encoder}`. Command: `{command}`", "",
         f"Domains ({len(fit.domain_names)}): {', '.join(fit.domain_names)}.", "",
-        f"Model: logistic over {', '.join(m.features)}; ranking weights: lexical {m.lexical_weight:g}, "
-        f"coverage {m.coverage_weight:g}, answer {m.answer_weight:g}; answers at confidence >= {m.min_confidence:g}.",
+        f"Model: logistic over {', '.join(m.features)}; ranking weights: "
+        + ", ".join(f"{term} {w:g}" for term, w in vars(m.ranking).items())
+        + f"; answers at confidence >= {m.min_confidence:g}.",
         f"Mean top-1 over domains, each term on top of the weights chosen before it: {steps}.", "",
         f"Each row is read by a model fitted without that domain (all its sizes and variants). The old rule is the "
         f"dense ranking with the shipped cosine threshold {fit.old_threshold:.4f}; best threshold is the cosine "
