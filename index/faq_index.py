@@ -248,7 +248,7 @@ class FaqIndex:
 
     @property
     def answers_speak(self) -> bool:
-        """Whether the answers say which FAQ they belong to (not placeholders): only then are they read."""
+        """Whether the answers say which FAQ they belong to (not "ANSWER 1"-style stand-ins): only then are they read."""
         return self.meta.answer_evidence >= ANSWER_EVIDENCE_MIN
 
     def _best_rows(self, row_scores: np.ndarray, row_ids: np.ndarray, limit: int,

@@ -174,8 +174,8 @@ def test_answer_term_moves_the_ranking_only_where_answers_speak_for_their_faq() 
     assert top.faq_id == "title"  # its answer shares the query's characters
     answer_chars = float(by_chars.answer_lexical.scores(by_chars.answer_lexical.queries([query])[0], np.array([1]))[0])
     assert answer_chars > 0.5 and top.score == pytest.approx(top.similarity + 0.05 * top.lexical + answer_chars)
-    placeholders = KnowledgeBase(faqs=tuple(replace(f, answer=f"ANSWER {i}") for i, f in enumerate(ANSWERED_KB.faqs)))
-    mute = build_index(placeholders, enc, calibration=Calibration(confidence=model(answer_weight=1.0,
+    numbered = KnowledgeBase(faqs=tuple(replace(f, answer=f"ANSWER {i}") for i, f in enumerate(ANSWERED_KB.faqs)))
+    mute = build_index(numbered, enc, calibration=Calibration(confidence=model(answer_weight=1.0,
                                                                                     answer_lexical_weight=1.0)))
     assert not mute.answers_speak
     (ranked,) = mute.rank(vectors, [query])
