@@ -62,8 +62,9 @@ class ConfidenceModel:
     """confidence = 100 * sigmoid(intercept + coef . (x - mean) / scale) over the named features.
 
     `lexical_weight`, `coverage_weight`, `answer_weight` and `answer_lexical_weight` are the weights of the
-    fused ranking the features are read from (`RankingWeights`); `min_confidence` the default answer line; `margin` the fused-score gap
-    under which two FAQs that both clear the line are too close to call (0 = never ask back).
+    fused ranking the features are read from (`RankingWeights`); `min_confidence` the default answer line;
+    `margin` the fused-score gap under which two FAQs that both clear the line are too close to call (0 = never
+    ask back).
     """
 
     features: tuple[str, ...]
@@ -76,7 +77,7 @@ class ConfidenceModel:
     margin: float = 0.0
     coverage_weight: float = 0.0  # files written before it have none: their ranking had no coverage term
     answer_weight: float = 0.0  # likewise: their ranking had no answer term
-    answer_lexical_weight: float = 0.0
+    answer_lexical_weight: float = 0.0  # likewise
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.features if f not in FEATURES]

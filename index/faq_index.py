@@ -214,8 +214,8 @@ class FaqIndex:
     def rank(self, queries: np.ndarray, texts: Sequence[str], *, depth: int = REST_DEPTH,
              tags: Sequence[str] | None = None) -> list[Ranking]:
         """The hybrid ranking of each query (dense cosine + the calibration's weights of the character score, of
-        the coverage and of the answer's dense and character cosines), `depth` FAQs deep, with the calibrated confidence that its first
-        FAQ is the right one.
+        the coverage and of the answer's dense and character cosines), `depth` FAQs deep, with the calibrated
+        confidence that its first FAQ is the right one.
 
         Without a confidence model in the calibration it is the dense ranking and confidence is None.
         """
