@@ -367,35 +367,3 @@ def test_fit_from_domains_chooses_each_ranking_weight_in_turn_and_reports_them(t
     assert [r.group for r in fit.rows] == ["answered", "plain"]
     report = write_confidence_report(fit, tmp_path, command="faqbot calibrate ...", encoder="chars:test").read_text()
     assert "answer 1" in report and "by answer weight 0: " in report
-
-
-def test_kb_domains_add_each_kb_once_more_without_paraphrases(tmp_path: Path) -> None:
-    from admin.quality.confidence_fit import kb_domains
-
-    kb_dir = tmp_path / "shop"
-    kb_dir.mkdir()
-    faqs = [{"id": f"f{i}", "question": f"问题{i}", "answer": f"答案{i}", "paraphrases": [f"说法{i}"]} for i in range(3)]
-    (kb_dir / "faq.yaml").write_text(json.dumps({"version": 1, "faqs": faqs}, ensure_ascii=False), encoding="utf-8")
-    cases = [{"query": f"问{i % 3}", "expected": f"f{i % 3}"} for i in range(20)] + [{"query": "天气", "expected": None}]
-    (kb_dir / "tests.yaml").write_text(json.dumps({"tests": cases}, ensure_ascii=False), encoding="utf-8")
-    plain, bare = kb_domains([kb_dir])
-    assert (plain.name, bare.name, plain.group, bare.group) == ("shop", "shop-no-paraphrases", "shop", "shop")
-    assert all(f.paraphrases for f in plain.kb.faqs) and not any(f.paraphrases for f in bare.kb.faqs)
-    assert [f.answer for f in bare.kb.faqs] == [f.answer for f in plain.kb.faqs] and bare.queries == plain.queries
-    assert plain.chooses_weights and not bare.chooses_weights
-
-
-def test_domains_that_do_not_choose_weights_are_still_judged_and_fitted_on() -> None:
-    from admin.quality.confidence_fit import fit_from_domains, without_paraphrases
-
-    asked = [("电子发票开具", "title"), ("发票怎么开呢", "how"), ("退款几天到账", "refund"), ("抬头能改吗", "title"),
-             ("今天天气好", None), ("你是谁", None)]
-    kb = KnowledgeBase(faqs=tuple(replace(f, paraphrases=(f.question + "呀",)) for f in ANSWERED_KB.faqs))
-    queries = tuple(EvalQuery(q, e) for q, e in asked)
-    domains = [Domain("answered", "answered", kb, queries),
-               Domain("answered-bare", "answered", without_paraphrases(kb), queries, chooses_weights=False),
-               Domain("plain", "plain", KB, tuple(EvalQuery(q, e) for q, e in [
-                   ("可以开票吗", "invoice"), ("退款多久", "refund"), ("多久发货", "ship"), ("天气如何", None), ("讲个笑话", None)]))]
-    fit = fit_from_domains(domains, CharEncoder(), old_threshold=0.9, grids={"answer": (0.0, 1.0)})
-    assert all(len(t) == 2 for t in fit.top1_by_term["answer"].values())  # read on the two choosing domains
-    assert [r.name for r in fit.rows] == ["answered", "answered-bare", "plain"]

@@ -209,7 +209,7 @@ def _fit_confidence(args: argparse.Namespace, encoder: Encoder, base: Calibratio
     domains += kb_domains(args.confidence_kbs or [])
     extra = pair_domains(read_pair_files(args.extra_pairs or [], max_pairs=args.max_pairs), sizes=(800,))
     passes = 1 + sum(len(grid) - 1 for grid in RANKING_GRIDS.values())  # each weight tried
-    total = sum((len(d.queries) + len(d.kb.texts())) * (passes if d.chooses_weights else 1) for d in domains) + sum(
+    total = sum(len(d.queries) + len(d.kb.texts()) for d in domains) * passes + sum(
         len(d.queries) + len(d.kb.texts()) for d in extra)
     fit = fit_from_domains(domains, CachingEncoder(encoder), old_threshold=base.threshold, extra=extra,
                            progress=progress_bar("scoring domains")(total))

@@ -55,7 +55,6 @@ class Domain:
     group: str
     kb: KnowledgeBase
     queries: tuple[EvalQuery, ...]
-    chooses_weights: bool = True  # read by the rule that picks the ranking's weights (fit_from_domains)
 
 
 @dataclass(frozen=True)
@@ -124,30 +123,15 @@ def pair_domains(pair_sets: dict[str, Sequence[LabelledPair]], sizes: Sequence[i
     return domains
 
 
-def without_paraphrases(kb: KnowledgeBase) -> KnowledgeBase:
-    """The same FAQs with their paraphrases left out: a KB as many teams first write it."""
-    return KnowledgeBase(faqs=tuple(replace(f, paraphrases=()) for f in kb.faqs))
-
-
 def kb_domains(paths: Sequence[Path]) -> list[Domain]:
-    """Each KB directory (or file) with a golden tests.yaml beside it, as a domain named after it, and once more
-    without its paraphrases (same group, so leaving the KB out leaves out both). Without that variant the only
-    KBs with real answers the model saw all had paraphrases, and on the same KBs stripped of them it refused
-    right answers: held out, 7 of 10 were within 2 points of their best threshold, 8 with it (docs/quality.md)."""
+    """Each KB directory (or file) with a golden tests.yaml beside it, as one domain named after it."""
     domains = []
     for path in paths:
         cases = load_golden(golden_file(path))
         queries = tuple(EvalQuery(c.query, c.expected) for c in cases)
         if len(queries) >= MIN_DOMAIN_QUERIES:
             name = Path(path).name or str(path)
-            kb = load_kb(path)
-            domains.append(Domain(name, name, kb, queries))
-            if any(f.paraphrases for f in kb.faqs):
-                # It asks its KB's questions again: the weight rule reads each KB once, as written (with the
-                # variants it vetoed the character term for 2 questions on one stripped KB, though the stripped
-                # KBs' mean top-1 was higher with it, .851 vs .846).
-                domains.append(Domain(f"{name}-no-paraphrases", name, without_paraphrases(kb), queries,
-                                      chooses_weights=False))
+            domains.append(Domain(name, name, load_kb(path), queries))
     return domains
 
 
@@ -359,24 +343,19 @@ def fit_from_domains(domains: Sequence[Domain], encoder: Encoder, *, old_thresho
     already chosen; judge leave-one-domain-out; fit the final model on every domain.
 
     `grids` maps a term of `RankingWeights` to the weights tried for it (default `RANKING_GRIDS`); a grid
-    without 0 takes its first weight. Only domains that `chooses_weights` are read for the weights; every
-    domain is judged and fitted on.
+    without 0 takes its first weight.
     """
     grids = grids or RANKING_GRIDS
-    choosing = [d for d in domains if d.chooses_weights]
     chosen = RankingWeights()
-    scored = score_domains(choosing, encoder, chosen, progress)
+    scored = score_domains(domains, encoder, chosen, progress)
     in_scope = [int(s.in_scope.sum()) for s in scored]
     top1_by_term: dict[str, dict[float, list[float]]] = {}
     for term, grid in grids.items():
         by_weight = {w: scored if w == getattr(chosen, term) else
-                     score_domains(choosing, encoder, replace(chosen, **{term: w}), progress) for w in grid}
+                     score_domains(domains, encoder, replace(chosen, **{term: w}), progress) for w in grid}
         top1 = {w: [s.top1 for s in sc] for w, sc in by_weight.items()}
         weight = choose_weight(top1, in_scope) if 0.0 in top1 else grid[0]
         chosen, scored, top1_by_term[term] = replace(chosen, **{term: weight}), by_weight[weight], top1
-    others = score_domains([d for d in domains if not d.chooses_weights], encoder, chosen, progress)
-    by_name = {s.domain.name: s for s in (*scored, *others)}
-    scored = [by_name[d.name] for d in domains]
     extra_scored = score_domains(extra, encoder, chosen, progress)
     rows, held_out = leave_one_domain_out(scored, extra_scored, old_threshold, features=features, weights=chosen)
     model = fit_confidence(scored, features=features, weights=chosen)
