@@ -113,6 +113,23 @@ def test_foreign_encoder_or_changed_kb_is_refused(tiny_kb: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_shipped_confidence_refuses_chit_chat_on_a_five_faq_kb(tiny_kb: Path, bundled_encoder) -> None:
+    """A first KB is often this small, below every KB the model was fitted on (18 FAQs and up): a refit that
+    read such a KB leniently (weather questions answered at up to 76) was caught here and not shipped."""
+    from index.calibration import shipped_calibration
+
+    index = build_index(load_kb(tiny_kb), bundled_encoder, calibration=shipped_calibration(bundled_encoder.fingerprint))
+    chit_chat = ["今天天气怎么样", "明天会下雨吗", "你是机器人吗", "讲个笑话", "今天股票涨了吗",
+                 *[f"和商品无关的第{i}个问题：今天天气怎么样" for i in range(10)]]
+    asked = ["可以开票吗", "退货流程是什么", "付款后几天能发出"]
+    rankings = index.rank(bundled_encoder.encode_queries(chit_chat + asked), chit_chat + asked)
+    answered = {q: r.confidence for q, r in zip(chit_chat, rankings[:len(chit_chat)], strict=True)
+                if r.confidence is not None and r.confidence >= 50}
+    assert not answered, answered
+    assert all(r.confidence is not None and r.confidence >= 50 for r in rankings[len(chit_chat):])
+
+
+@pytest.mark.slow
 def test_bundled_encoder_matches_paraphrases(tiny_kb: Path, bundled_encoder) -> None:
     index = build_index(load_kb(tiny_kb), bundled_encoder)
     queries = bundled_encoder.encode_queries(["能开发票吗", "怎么把东西退回去", "积分能当钱用吗"])
