@@ -148,6 +148,11 @@ class RankingWeights:
     answer: float = 0.0
     answer_lexical: float = 0.0
 
+    def model_fields(self) -> dict[str, float]:
+        """The same weights as `ConfidenceModel` stores them (its `ranking` reads them back)."""
+        return {"lexical_weight": self.lexical, "coverage_weight": self.coverage, "answer_weight": self.answer,
+                "answer_lexical_weight": self.answer_lexical}
+
     @property
     def rescores(self) -> bool:
         """Whether candidates are re-scored beyond their dense cosine."""

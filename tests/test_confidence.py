@@ -142,6 +142,8 @@ def test_ranking_weights_fuse_each_term_and_old_models_read_without_the_newer_on
     old = ConfidenceModel.from_dict({"features": ["s1"], "coef": [1.0], "intercept": 0.0, "mean": [0.0],
                                      "scale": [1.0], "lexical_weight": 0.05})
     assert old.ranking == RankingWeights(lexical=0.05) and ConfidenceModel.from_dict(old.to_dict()) == old
+    weights = RankingWeights(0.05, 0.01, 0.3, 0.03)
+    assert replace(old, **weights.model_fields()).ranking == weights
     for term in ("coverage_weight", "answer_weight", "answer_lexical_weight"):
         with pytest.raises(ConfidenceModelError):
             ConfidenceModel.from_dict({**old.to_dict(), term: -1})

@@ -141,8 +141,7 @@ def kb_domains(paths: Sequence[Path]) -> list[Domain]:
 def probe_calibration(weights: RankingWeights) -> Calibration:
     """A calibration whose model only sets the ranking's weights: rank() then returns fused features."""
     probe = ConfidenceModel(features=("s1",), coef=(0.0,), intercept=0.0, mean=(0.0,), scale=(1.0,),
-                            lexical_weight=weights.lexical, coverage_weight=weights.coverage,
-                            answer_weight=weights.answer, answer_lexical_weight=weights.answer_lexical)
+                            **weights.model_fields())
     return Calibration(confidence=probe)
 
 
@@ -207,9 +206,8 @@ def fit_confidence(scored: Sequence[ScoredDomain], *, features: Sequence[str] = 
     model.fit((x - mean) / scale, y, sample_weight=sample_weight * len(y) / sample_weight.sum())
     return ConfidenceModel(features=tuple(features), coef=tuple(float(c) for c in model.coef_[0]),
                            intercept=float(model.intercept_[0]), mean=tuple(float(m) for m in mean),
-                           scale=tuple(float(s) for s in scale), lexical_weight=weights.lexical,
-                           min_confidence=min_confidence, coverage_weight=weights.coverage,
-                           answer_weight=weights.answer, answer_lexical_weight=weights.answer_lexical)
+                           scale=tuple(float(s) for s in scale), min_confidence=min_confidence,
+                           **weights.model_fields())
 
 
 # --- judging -----------------------------------------------------------------------------------
